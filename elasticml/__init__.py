@@ -1,0 +1,3 @@
+"""Elastic, fault-tolerant PyTorch training compiled from a recipe."""
+
+__version__ = "0.1.0"

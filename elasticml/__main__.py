@@ -1,0 +1,3 @@
+from elasticml.cli import main
+
+main()

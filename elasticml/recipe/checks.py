@@ -1,0 +1,151 @@
+"""Value checks the type system cannot express: ranges, choices, and the `MIN:MAX` node range.
+
+Each check returns `(key, message)` pairs so the loader can name the key and its file line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from elasticml.recipe.schema import Recipe
+
+Problem = tuple[str, str]
+
+CHOICES = {
+    "optimizer.name": ("sgd", "adam", "adamw"),
+    "schedule.name": ("constant", "cosine", "linear"),
+    "trainer.batch_policy": ("fixed", "linear"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "trainer.precision": ("fp32", "bf16"),
+    "elastic.rdzv.backend": ("c10d", "etcd-v2"),
+}
+
+_NODES = re.compile(r"^\s*(\d+)\s*(?::\s*(\d+)\s*)?$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def parse_nnodes(text: str) -> tuple[int, int]:
+    """`"2"` -> (2, 2), `"1:4"` -> (1, 4); ValueError with the reason otherwise."""
+    match = _NODES.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not N or MIN:MAX (e.g. 1:2)")
+    low = int(match.group(1))
+    high = int(match.group(2)) if match.group(2) else low
+    if low < 1:
+        raise ValueError(f"'{text}': at least 1 node is needed")
+    if high < low:
+        raise ValueError(f"'{text}': MIN is larger than MAX")
+    return low, high
+
+
+def check_recipe(recipe: Recipe) -> list[Problem]:
+    problems: list[Problem] = []
+    for key, allowed in CHOICES.items():
+        section, name = key.rsplit(".", 1)
+        value = getattr(_section(recipe, section), name)
+        if value not in allowed:
+            problems.append((key, f"'{value}' is not one of {', '.join(allowed)}"))
+    problems += _check_run(recipe) + _check_trainer(recipe) + _check_elastic(recipe)
+    problems += _check_task(recipe) + _check_faults(recipe)
+    return problems
+
+
+def _section(recipe: Recipe, dotted: str):
+    node = recipe
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _positive(problems: list[Problem], key: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        problems.append((key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}"))
+
+
+def _check_run(recipe: Recipe) -> list[Problem]:
+    if not _RUN_ID.match(recipe.run_id):
+        key = "run.id" if recipe.run.id else "run.name"
+        return [(key, f"'{recipe.run_id}' must be letters, digits, '.', '_' or '-' "
+                      "(it names a directory and the rendezvous)")]
+    return []
+
+
+def _check_trainer(recipe: Recipe) -> list[Problem]:
+    t, problems = recipe.trainer, []
+    if (t.max_steps is None) == (t.epochs is None):
+        problems.append(("trainer.max_steps", "set exactly one of trainer.max_steps and "
+                                              "trainer.epochs"))
+    _positive(problems, "trainer.max_steps", t.max_steps)
+    _positive(problems, "trainer.epochs", t.epochs)
+    _positive(problems, "trainer.global_batch_size", t.global_batch_size)
+    _positive(problems, "trainer.micro_batch_size", t.micro_batch_size)
+    for key in ("eval_every", "checkpoint_every"):
+        _positive(problems, f"trainer.{key}", getattr(t, key), allow_zero=True)
+    _positive(problems, "trainer.keep_checkpoints", t.keep_checkpoints)
+    _positive(problems, "trainer.log_every", t.log_every)
+    _positive(problems, "trainer.threads", t.threads)
+    _positive(problems, "optimizer.lr", recipe.optimizer.lr)
+    _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay, allow_zero=True)
+    _positive(problems, "optimizer.grad_clip", recipe.optimizer.grad_clip)
+    _positive(problems, "schedule.warmup_steps", recipe.schedule.warmup_steps, allow_zero=True)
+    if not 0 <= recipe.schedule.min_lr_ratio <= 1:
+        problems.append(("schedule.min_lr_ratio", "must be between 0 and 1"))
+    if len(recipe.optimizer.betas) != 2:
+        problems.append(("optimizer.betas", "needs two numbers, e.g. [0.9, 0.999]"))
+    return problems
+
+
+def _check_elastic(recipe: Recipe) -> list[Problem]:
+    e, problems = recipe.elastic, []
+    try:
+        parse_nnodes(e.nnodes)
+    except ValueError as err:
+        problems.append(("elastic.nnodes", str(err)))
+    _positive(problems, "elastic.nproc_per_node", e.nproc_per_node)
+    _positive(problems, "elastic.max_restarts", e.max_restarts, allow_zero=True)
+    _positive(problems, "elastic.hang_timeout", e.hang_timeout)
+    _positive(problems, "elastic.collective_timeout", e.collective_timeout)
+    for key in ("join_timeout", "last_call", "heartbeat", "close_timeout"):
+        _positive(problems, f"elastic.rdzv.{key}", getattr(e.rdzv, key), allow_zero=key ==
+                  "last_call")
+    _positive(problems, "elastic.rdzv.heartbeat_misses", e.rdzv.heartbeat_misses)
+    if e.rdzv.endpoint and not re.match(r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
+                                        e.rdzv.endpoint):
+        problems.append(("elastic.rdzv.endpoint", f"'{e.rdzv.endpoint}' is not HOST:PORT"))
+    if e.rdzv.backend == "etcd-v2" and not e.rdzv.endpoint:
+        problems.append(("elastic.rdzv.endpoint", "etcd-v2 needs the etcd server's HOST:PORT"))
+    return problems
+
+
+def _check_task(recipe: Recipe) -> list[Problem]:
+    task, problems = recipe.task, []
+    for key in ("val_fraction", "test_fraction"):
+        share = getattr(task, key, None)
+        if share is not None and not 0 < share < 1:
+            problems.append((f"task.{key}", f"must be between 0 and 1, got {share}"))
+    path = getattr(task, "path", None)
+    if path and not Path(path).expanduser().is_file():
+        problems.append(("task.path", f"data file not found: {path}"))
+    if task.name == "custom" and bool(task.path) == bool(task.factory):
+        problems.append(("task.path", "a custom task needs exactly one of task.path and "
+                                      "task.factory"))
+    if recipe.model.name == "custom" and ":" not in recipe.model.factory:
+        problems.append(("model.factory", "needs 'module:function'"))
+    if task.name == "custom" and task.factory and ":" not in task.factory:
+        problems.append(("task.factory", "needs 'module:function'"))
+    return problems
+
+
+def _check_faults(recipe: Recipe) -> list[Problem]:
+    f, problems = recipe.faults, []
+    for what in ("kill", "hang"):
+        rank, step = getattr(f, f"{what}_rank"), getattr(f, f"{what}_step")
+        if (rank is None) != (step is None):
+            problems.append((f"faults.{what}_step", f"set both faults.{what}_rank and "
+                                                    f"faults.{what}_step"))
+        _positive(problems, f"faults.{what}_rank", rank, allow_zero=True)
+        _positive(problems, f"faults.{what}_step", step)
+    return problems

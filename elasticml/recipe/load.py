@@ -1,0 +1,228 @@
+"""Turn a recipe file, `key=value` overrides and CLI flags into one checked `Recipe`.
+
+Order of precedence, last wins: schema defaults < file < `key=value` overrides < flags.
+Every problem becomes a `UserError` naming the key, and the file line when the key came
+from the file, so the user never sees an OmegaConf traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from elasticml.errors import UserError
+from elasticml.recipe.checks import check_recipe
+from elasticml.recipe.schema import MODELS, TASKS, Recipe
+
+BUNDLED = Path(__file__).resolve().parent.parent / "bundled_recipes"
+SOURCE_TREE = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def recipe_dirs() -> list[Path]:
+    """Where bundled recipes live: next to the package when installed, `recipes/` in a checkout."""
+    return [d for d in (SOURCE_TREE, BUNDLED) if d.is_dir()]
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path as given, or the name of a bundled recipe (`digits` or `digits.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"{name_or_path} is a directory; give a recipe .yaml file")
+    stem = path.name.removesuffix(".yaml")
+    if len(path.parts) == 1 or path.parts[0] == "recipes":
+        for root in recipe_dirs():
+            for candidate in (root / f"{stem}.yaml", *root.glob(f"**/{stem}.yaml")):
+                if candidate.is_file():
+                    return candidate
+    raise UserError(
+        f"recipe file not found: {name_or_path} (see `elasticml recipes` for bundled ones)"
+    )
+
+
+def load_recipe(
+    source: str | Path | dict,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Recipe:
+    """Load, merge and check a recipe. `source` is a path, a bundled name or a plain dict."""
+    if isinstance(source, dict):
+        raw, path, text = OmegaConf.create(source), None, None
+    else:
+        path = find_recipe(str(source))
+        text = path.read_text()
+        raw, path = _parse_yaml(text, path), path
+    given = {item.partition("=")[0].strip() for item in overrides or []}
+    given |= {key for key, value in (flags or {}).items() if value is not None}
+    try:
+        merged = OmegaConf.merge(raw, _parse_overrides(overrides or []), _nested(flags or {}))
+        schema = OmegaConf.structured(_schema_for(merged))
+        config = OmegaConf.merge(schema, merged)
+        recipe = OmegaConf.to_object(config)
+    except OmegaConfBaseException as err:
+        raise UserError(_explain(err, path if not _given(err, given) else None, text)) from None
+    problems = check_recipe(recipe)
+    if problems:
+        key, message = problems[0]
+        where = "" if key in given else _where(key, path, text)
+        raise UserError(f"{where}{key}: {message}")
+    return recipe
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(recipe))
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(recipe), resolve=True)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Rebuild a recipe stored in a run dir or a checkpoint (already checked once)."""
+    return load_recipe(data)
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 minus base-60 integers, so `nnodes: 1:2` stays the string "1:2" (not 62)."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+
+
+TRAINING_SECTIONS = ("task", "model", "optimizer", "schedule", "trainer")
+
+
+def training_hash(recipe: Recipe) -> str:
+    """Fingerprint of what decides the maths; nodes that disagree on it must not train together."""
+    data = recipe_to_dict(recipe)
+    relevant = {k: data[k] for k in TRAINING_SECTIONS}
+    relevant["seed"] = data["run"]["seed"]
+    for volatile in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "threads"):
+        relevant["trainer"].pop(volatile, None)
+    blob = json.dumps(relevant, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _parse_yaml(text: str, path: Path) -> DictConfig:
+    try:
+        data = yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}{line}: malformed YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as err:
+        raise UserError(f"{path}: {err.msg if hasattr(err, 'msg') else err}") from None
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    nested: dict = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override '{item}' is not key=value (e.g. trainer.max_steps=200)")
+        try:
+            parsed = yaml.load(value, Loader=RecipeLoader) if value else ""
+        except yaml.YAMLError:
+            parsed = value
+        _put(nested, key.strip(), parsed)
+    return OmegaConf.create(nested)
+
+
+def _nested(flags: dict[str, Any]) -> DictConfig:
+    """Flags arrive as dotted keys ("elastic.nnodes"); turn them into nested sections."""
+    nested: dict = {}
+    for key, value in flags.items():
+        if value is not None:
+            _put(nested, key, value)
+    return OmegaConf.create(nested)
+
+
+def _put(nested: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        nested = nested.setdefault(part, {})
+        if not isinstance(nested, dict):
+            raise UserError(f"{dotted}: '{part}' is a value, not a section")
+    nested[last] = value
+
+
+def _schema_for(merged: DictConfig) -> Recipe:
+    """The schema object whose `task` / `model` variants match the names the user chose."""
+    task_name = OmegaConf.select(merged, "task.name", default="digits")
+    model_name = OmegaConf.select(merged, "model.name", default="cnn")
+    if task_name not in TASKS:
+        raise UserError(f"task.name: unknown task '{task_name}' (choose from {', '.join(TASKS)})")
+    if model_name not in MODELS:
+        raise UserError(
+            f"model.name: unknown model '{model_name}' (choose from {', '.join(MODELS)})"
+        )
+    return Recipe(task=TASKS[task_name](), model=MODELS[model_name]())
+
+
+def _given(err: OmegaConfBaseException, given: set[str]) -> bool:
+    """Did the offending key come from the command line rather than the file?"""
+    key = getattr(err, "full_key", "") or ""
+    return any(key == g or key.startswith(g + ".") or g.startswith(key + ".") for g in given)
+
+
+def _explain(err: OmegaConfBaseException, path: Path | None, text: str | None) -> str:
+    key = getattr(err, "full_key", "") or ""
+    message = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    if "not in" in message and "Key" in message:
+        message = "unknown key (check spelling; `elasticml recipes show` lists valid keys)"
+    elif "could not be converted to" in message:
+        wanted = message.rsplit(" ", 1)[-1].lower()
+        value = message.split("'")[1] if "'" in message else "?"
+        message = f"'{value}' is not a valid {wanted}"
+    return f"{_where(key, path, text)}{key}: {message}" if key else message
+
+
+def _where(key: str, path: Path | None, text: str | None) -> str:
+    """`file:line: ` for a dotted key that stands in the recipe file, else `file: `."""
+    if path is None:
+        return ""
+    line = _line_of(key, text) if text else None
+    return f"{path}:{line}: " if line else f"{path}: "
+
+
+def _line_of(dotted: str, text: str) -> int | None:
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    for part in dotted.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                found, node = key_node, value_node
+                break
+        else:
+            return None
+    return found.start_mark.line + 1

@@ -1,0 +1,271 @@
+"""The recipe format: every key a user may write, its type, its default and what it means.
+
+A recipe is YAML on disk and these dataclasses in code (OmegaConf structured config). The
+`task` and `model` sections change shape with their `name`: each name has its own dataclass,
+registered in `TASKS` / `MODELS`, so a key that belongs to another task is still an error.
+
+This module imports nothing heavy: `elasticml --help` and `train --dry-run` load recipes
+without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    """Human name of the run; also the default run id."""
+    id: str | None = None
+    """Run id: the run directory's name and the rendezvous id. Defaults to `name`, so running
+    the same recipe again resumes it; every node of one job must use the same id."""
+    dir: str = "runs"
+    """Run root: the run lives in `<dir>/<id>/`."""
+    seed: int = 0
+    """Seed for data split, initialisation, data order and sampling."""
+    description: str = ""
+    """One line shown by `elasticml recipes`."""
+
+
+# --- tasks -------------------------------------------------------------------------------
+
+
+@dataclass
+class DigitsTask:
+    """8x8 handwritten digits bundled with scikit-learn (1797 images, 10 classes)."""
+
+    name: str = "digits"
+    val_fraction: float = 0.15
+    """Share of the images held out for validation."""
+    test_fraction: float = 0.2
+    """Share of the images held out for the final test report."""
+
+
+@dataclass
+class RecsysTask:
+    """Implicit feedback generated with planted user/item structure (see tasks/recsys.py)."""
+
+    name: str = "recsys"
+    users: int = 2000
+    items: int = 1000
+    clusters: int = 20
+    """Latent taste groups: users mostly interact with items of their own group."""
+    interactions_per_user: int = 40
+    affinity: float = 0.8
+    """Probability that an interaction falls in the user's own group (the rest is popularity)."""
+    top_k: int = 10
+    """k of recall@k, NDCG@k and hit rate@k."""
+
+
+@dataclass
+class SequenceTask:
+    """Next-token prediction on generated sequences with a learnable rule (throughput workload)."""
+
+    name: str = "sequence"
+    vocab: int = 256
+    length: int = 64
+    samples: int = 20000
+
+
+@dataclass
+class CustomTask:
+    """Your own data: a factory `module:function`, or a CSV / NPZ file of features and labels."""
+
+    name: str = "custom"
+    factory: str | None = None
+    """`module:function` returning a dict with `train`, `val`, `test` splits (see README)."""
+    path: str | None = None
+    """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`)."""
+    label: str | None = None
+    """Name of the label column in a CSV file."""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+
+TASKS: dict[str, type] = {
+    "digits": DigitsTask,
+    "recsys": RecsysTask,
+    "sequence": SequenceTask,
+    "custom": CustomTask,
+}
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+@dataclass
+class MLPModel:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    dropout: float = 0.0
+
+
+@dataclass
+class CNNModel:
+    name: str = "cnn"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    hidden: int = 128
+    dropout: float = 0.1
+
+
+@dataclass
+class MatrixFactorizationModel:
+    name: str = "mf"
+    dim: int = 32
+
+
+@dataclass
+class TransformerModel:
+    name: str = "transformer"
+    dim: int = 128
+    layers: int = 2
+    heads: int = 4
+    ff_mult: int = 4
+
+
+@dataclass
+class CustomModel:
+    name: str = "custom"
+    factory: str = ""
+    """`module:function(task_info: dict) -> torch.nn.Module`."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the factory."""
+
+
+MODELS: dict[str, type] = {
+    "mlp": MLPModel,
+    "cnn": CNNModel,
+    "mf": MatrixFactorizationModel,
+    "transformer": TransformerModel,
+    "custom": CustomModel,
+}
+
+
+# --- optimisation ------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    """sgd | adam | adamw"""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    """SGD only."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    """constant | cosine | linear"""
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a share of `optimizer.lr` (cosine and linear)."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int | None = None
+    """Optimizer steps to train; exactly one of `max_steps` and `epochs` is set."""
+    epochs: float | None = None
+    """Passes over the training split (may be fractional)."""
+    global_batch_size: int = 64
+    """Samples per optimizer step across all ranks, whatever the world size."""
+    micro_batch_size: int | None = None
+    """Most samples one rank puts through the model at once; more are accumulated."""
+    batch_policy: str = "fixed"
+    """fixed: keep the global batch when the world size changes (same math). linear: global
+    batch = global_batch_size x world size / min world size, lr scaled linearly."""
+    eval_every: int = 100
+    """Validate every N steps (0 = only at the end)."""
+    checkpoint_every: int = 100
+    """Write a checkpoint every N steps (0 = only at the end)."""
+    keep_checkpoints: int = 3
+    """Newest periodic checkpoints kept on disk."""
+    log_every: int = 10
+    """Write a step event every N steps."""
+    device: str = "auto"
+    """auto | cpu | cuda"""
+    precision: str = "fp32"
+    """fp32 | bf16 (autocast)"""
+    compile: bool = False
+    """torch.compile the model."""
+    threads: int | None = None
+    """Intra-op threads per worker; default: CPU cores / local workers."""
+    best_metric: str | None = None
+    """Validation metric that picks the `best` checkpoint; default: the task's main metric."""
+
+
+# --- elasticity --------------------------------------------------------------------------
+
+
+@dataclass
+class RendezvousConfig:
+    backend: str = "c10d"
+    """c10d (store in an agent or a standalone store) | etcd-v2 (a real etcd server)."""
+    endpoint: str = ""
+    """host:port of the store or etcd; empty = a private store on this machine (one node)."""
+    join_timeout: float = 600.0
+    """Give up when the minimum number of nodes has not joined within this many seconds."""
+    last_call: float = 1.0
+    """Once the minimum is there, wait this long for more nodes before starting."""
+    heartbeat: float = 1.0
+    """Seconds between a node's keep-alives."""
+    heartbeat_misses: int = 2
+    """Keep-alives a node may miss before it is declared dead."""
+    close_timeout: float = 30.0
+
+
+@dataclass
+class ElasticConfig:
+    nnodes: str = "1"
+    """Nodes as `N` or `MIN:MAX`."""
+    nproc_per_node: int = 1
+    """Workers per node."""
+    max_restarts: int = 10
+    """Worker-group restarts before the job gives up."""
+    rdzv: RendezvousConfig = field(default_factory=RendezvousConfig)
+    hang_timeout: float = 300.0
+    """A worker with no progress for this many seconds is a failure (stacks are saved)."""
+    collective_timeout: float = 60.0
+    """Timeout of one collective; a dead peer is noticed sooner through its closed socket."""
+    share_store: bool = False
+    """Let workers reuse the agent's TCPStore (torch's default). Off: it deadlocks joins and
+    feeds restarted workers stale keys in torch 2.13."""
+    local_addr: str | None = None
+    """Address this node announces to the others; default: its hostname."""
+
+
+@dataclass
+class FaultsConfig:
+    """Injected failures, to rehearse what a job does when things break (off by default)."""
+
+    kill_rank: int | None = None
+    """Rank that SIGKILLs itself at `kill_step`."""
+    kill_step: int | None = None
+    hang_rank: int | None = None
+    """Rank that stops making progress at `hang_step`."""
+    hang_step: int | None = None
+    once: bool = True
+    """Fire each fault only in the first attempt (restart 0)."""
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    task: Any = field(default_factory=DigitsTask)
+    model: Any = field(default_factory=CNNModel)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id or self.run.name

@@ -1,0 +1,61 @@
+"""Where a run keeps what it writes: `<run root>/<run id>/`.
+
+```
+recipe.yaml        the resolved recipe (eval and report never need the original file)
+events/            append-only JSON lines, one file per process
+checkpoints/       step-<N>.pt (+ best.pt), atomic and checksummed
+tensorboard/       one TensorBoard run, continued across restarts
+logs/              worker stdout/stderr per attempt, hang stack dumps
+reports/           training / validation / test reports written at the end and by eval
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def of(cls, root: str | Path, run_id: str) -> RunDir:
+        return cls(Path(root).expanduser().resolve() / run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def reports(self) -> Path:
+        return self.path / "reports"
+
+    def create(self) -> RunDir:
+        for folder in (self.events, self.checkpoints, self.tensorboard, self.logs, self.reports):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def looks_like_a_run(self) -> bool:
+        return self.events.is_dir() or self.recipe.is_file()

@@ -1,0 +1,345 @@
+"""The training loop one worker runs: setup, agree on state, train, validate, checkpoint, test.
+
+Every replica holds the whole training state (DDP), so a failure need not lose steps: when a
+collective fails or SIGTERM arrives, a surviving rank writes the state of its last *completed*
+step before it exits, and the next start broadcasts the newest state any rank holds
+(`recovery.agree_on_state`). The sampler, the schedule and the step counter are part of that
+state, so the resumed run is the run that would have happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from elasticml.launch.plan import threads_per_worker
+from elasticml.recipe.checks import parse_nnodes
+from elasticml.recipe.load import recipe_to_dict, recipe_to_yaml, training_hash
+from elasticml.recipe.schema import Recipe
+from elasticml.rundir import RunDir
+from elasticml.tasks import build_task
+from elasticml.telemetry.events import EventLog
+from elasticml.train.batching import plan_batches
+from elasticml.train.checkpoint import CheckpointManager, write_atomically
+from elasticml.train.faults import FaultInjector
+from elasticml.train.optim import build_optimizer, build_scheduler
+from elasticml.train.recovery import NOTHING, agree_on_state
+from elasticml.train.sampler import ElasticSampler
+
+SIGTERM_EXIT = 128 + signal.SIGTERM
+
+
+class StopRequested(Exception):
+    """SIGTERM arrived; the state of the last completed step has been saved."""
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
+        env = os.environ
+        self.rank, self.world_size = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+        self.local_rank = int(env.get("LOCAL_RANK", 0))
+        self.restart_count = int(env.get("TORCHELASTIC_RESTART_COUNT", 0))
+        self.run_dir = RunDir.of(recipe.run.dir, recipe.run_id).create()
+        self.events = EventLog(self.run_dir.events, "worker", rank=self.rank,
+                               local_rank=self.local_rank, world_size=self.world_size,
+                               restart_count=self.restart_count)
+        self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
+                                             recipe.trainer.keep_checkpoints)
+        self.step, self.best = 0, None
+        self._stop = False
+
+    # --- setup -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        recipe, trainer = self.recipe, self.recipe.trainer
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        torch.set_num_threads(threads_per_worker(recipe))
+        self.device = _device(trainer.device, self.local_rank)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=recipe.elastic.collective_timeout)
+        dist.init_process_group(backend, timeout=timeout,
+                                device_id=self.device if backend == "nccl" else None)
+        self.events.emit("start", step=None, backend=backend, device=str(self.device))
+
+        self.task = build_task(recipe)
+        self.splits = self.task.splits()
+        torch.manual_seed(recipe.run.seed)
+        model = self.task.build_model().to(self.device)
+        self.model = model
+        self.train_model = torch.compile(model) if trainer.compile else model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
+        min_nodes, _ = parse_nnodes(recipe.elastic.nnodes)
+        self.plan = plan_batches(trainer, self.world_size, min_nodes * recipe.elastic.nproc_per_node)
+        self.sampler = ElasticSampler(len(self.splits["train"]), recipe.run.seed)
+        self.total_steps = self._total_steps()
+        self.optimizer = build_optimizer(recipe.optimizer, model.parameters())
+        self.scheduler = build_scheduler(recipe.schedule, self.optimizer, self.total_steps,
+                                         self.plan.lr_scale)
+        self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
+                                    self.events.emit)
+        self.metric_name = trainer.best_metric or self.task.main_metric
+        self._restore()
+
+    def _total_steps(self) -> int:
+        trainer = self.recipe.trainer
+        if trainer.max_steps:
+            return trainer.max_steps
+        per_epoch = math.ceil(len(self.splits["train"]) / self.plan.global_batch)
+        return max(1, math.ceil(per_epoch * trainer.epochs))
+
+    def _restore(self) -> None:
+        agreed = agree_on_state(self.checkpoints, self.device if self.device.type == "cuda"
+                                else torch.device("cpu"))
+        if agreed.state is not None:
+            self.load_state(agreed.state)
+        last_seen = _last_progress(self.run_dir)
+        lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
+        source = "fresh" if agreed.step == NOTHING else (
+            "checkpoint" if agreed.local_step == agreed.step else "peer")
+        self.events.emit("resume", step=self.step, source=source, source_rank=agreed.source_rank,
+                         steps_lost=lost, seconds=round(agreed.seconds, 4),
+                         global_batch=self.plan.global_batch, shares=list(self.plan.shares),
+                         micro_batch=self.plan.micro_batch, accumulation=self.plan.accumulation)
+        if self.rank == 0 and not self.run_dir.recipe.exists():
+            write_atomically(self.run_dir.recipe, recipe_to_yaml(self.recipe).encode())
+
+    # --- state -------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "best": self.best,
+            "recipe": recipe_to_dict(self.recipe),
+            "training_hash": training_hash(self.recipe),
+            "world_size": self.world_size,
+            "time": time.time(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.best = int(state["step"]), state.get("best")
+
+    # --- training ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.setup()
+        try:
+            self.train()
+            self.finish()
+        except StopRequested:
+            raise SystemExit(SIGTERM_EXIT) from None
+        except Exception as err:
+            self._save_last_completed(reason="failure", error=err)
+            raise
+        finally:
+            self.checkpoints.wait()
+
+    def train(self) -> None:
+        trainer, window = self.recipe.trainer, _Window()
+        while self.step < self.total_steps:
+            if self._stop:
+                self._save_last_completed(reason="signal")
+                raise StopRequested
+            self.faults.before_step(self.step)
+            loss_sum, count = self.train_step()
+            self.step += 1
+            _write_progress(self.run_dir, self.local_rank, self.step)
+            window.add(loss_sum, count)
+            if self.step % trainer.log_every == 0 or self.step == self.total_steps:
+                self.log_step(window)
+            if trainer.eval_every and self.step % trainer.eval_every == 0:
+                self.validate()
+            if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
+                self.save("periodic")
+
+    def train_step(self) -> tuple[float, int]:
+        """One optimizer step; if it fails, the live state is rolled back to the step before."""
+        position = self.sampler.state_dict()
+        try:
+            return self._step(self.sampler.next_batch(self.plan.global_batch))
+        except BaseException:
+            self.sampler.load_state_dict(position)
+            self.optimizer.zero_grad(set_to_none=True)
+            raise
+
+    def _step(self, ids: torch.Tensor) -> tuple[float, int]:
+        plan, split = self.plan, self.splits["train"]
+        start, stop = _share(len(ids), self.world_size, self.rank)
+        mine = ids[start:stop]
+        scale = self.world_size / len(ids)  # DDP averages over ranks; we want sum / global batch
+        weight = 1.0
+        if len(mine) == 0:  # a short last batch of the epoch: take part with a zero weight
+            mine, weight = ids[:1], 0.0
+        chunks = mine.split(plan.micro_batch)
+        loss_sum = 0.0
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.recipe.trainer.precision == "bf16")
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else \
+                self.train_model.no_sync()
+            with sync:
+                batch = split.take(chunk, self.device)
+                with autocast:
+                    losses = self.task.loss(self.train_model, batch).float()
+                (losses.sum() * (scale * weight)).backward()
+                loss_sum += float(losses.detach().sum()) * weight
+        if self.recipe.optimizer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optimizer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_sum, int(len(mine) * weight)
+
+    def log_step(self, window: _Window) -> None:
+        totals = torch.tensor([window.loss_sum, float(window.count)], dtype=torch.float64)
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        seconds = window.seconds()
+        samples = float(totals[1])
+        if self.local_rank == 0:
+            self.events.emit("step", step=self.step, total_steps=self.total_steps,
+                             epoch=round(self.sampler.progress, 4),
+                             loss=float(totals[0] / max(1.0, samples)),
+                             lr=self.optimizer.param_groups[0]["lr"],
+                             samples=self.sampler.samples_seen,
+                             samples_per_s=round(samples / max(seconds, 1e-9), 2))
+        window.reset()
+
+    # --- validation, checkpoints, the end ----------------------------------------------
+
+    def evaluate(self, split: str) -> dict:
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model, self.splits[split], self.device)
+        finally:
+            self.model.train()
+
+    def validate(self) -> dict:
+        metrics = self.evaluate("val")
+        if self.rank == 0:
+            self.events.emit("eval", step=self.step, split="val", metrics=metrics)
+            value = metrics.get(self.metric_name)
+            if value is not None and _better(value, self.best, self.task.higher_is_better):
+                self.best = {"metric": self.metric_name, "value": value, "step": self.step}
+                self.save("best", name="best.pt")
+        return metrics
+
+    def save(self, reason: str, name: str | None = None) -> None:
+        if self.rank != 0:
+            return
+        saved = self.checkpoints.save(self.state(), self.step, background=True, name=name)
+        self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
+                         seconds=round(saved.stall_s, 4))
+
+    def finish(self) -> None:
+        reports = {}
+        if not self.recipe.trainer.eval_every or self.step % self.recipe.trainer.eval_every:
+            reports["val"] = self.validate()
+        else:
+            reports["val"] = self.evaluate("val")
+        reports["test"] = self.evaluate("test")
+        reports["train"] = self.evaluate("train")
+        if self.rank == 0:
+            for split in ("test", "train"):
+                self.events.emit("eval", step=self.step, split=split, metrics=reports[split])
+            self.save("final")
+            self.checkpoints.wait()
+            _write_reports(self.run_dir, self.step, reports, self.best)
+        self.events.emit("done", step=self.step, metrics={s: _scalars(m) for s, m in
+                                                          reports.items()})
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
+        """Write the state of the last completed step (the live state outside `train_step`)."""
+        with contextlib.suppress(Exception):  # a failed background write must not stop this one
+            self.checkpoints.wait()
+        if self.step in self.checkpoints.steps():
+            return
+        saved = self.checkpoints.save(self.state(), self.step)
+        self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
+                         seconds=round(saved.stall_s, 4),
+                         error=type(error).__name__ if error else None)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._stop = True
+
+
+class _Window:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.count, self.started = 0.0, 0, time.perf_counter()
+
+    def add(self, loss_sum: float, count: int) -> None:
+        self.loss_sum += loss_sum
+        self.count += count
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _share(length: int, world: int, rank: int) -> tuple[int, int]:
+    base, extra = divmod(length, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
+def _device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _better(value: float, best: dict | None, higher: bool) -> bool:
+    if best is None:
+        return True
+    return value > best["value"] if higher else value < best["value"]
+
+
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def _write_progress(run_dir: RunDir, local_rank: int, step: int) -> None:
+    """Last completed step of this node's local rank: lets a restart count the steps lost."""
+    path = run_dir.logs / f"progress-{os.uname().nodename}-{local_rank}"
+    path.write_text(str(step))
+
+
+def _last_progress(run_dir: RunDir) -> int:
+    steps = []
+    for path in run_dir.logs.glob("progress-*"):
+        with contextlib.suppress(ValueError, OSError):
+            steps.append(int(path.read_text() or 0))
+    return max(steps, default=0)
+
+
+def _write_reports(run_dir: RunDir, step: int, reports: dict, best: dict | None) -> None:
+    import json
+
+    body = {"step": step, "best": best, **reports}
+    write_atomically(run_dir.reports / "final.json", json.dumps(body, indent=2).encode())
