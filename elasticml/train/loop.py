@@ -261,7 +261,8 @@ class Trainer:
         if self.rank == 0:
             for split in ("test", "train"):
                 self.events.emit("eval", step=self.step, split=split, metrics=reports[split])
-            self.save("final")
+            if self.step not in self.checkpoints.steps():
+                self.save("final")
             self.checkpoints.wait()
             _write_reports(self.run_dir, self.step, reports, self.best)
         self.events.emit("done", step=self.step, metrics={s: _scalars(m) for s, m in

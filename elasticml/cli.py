@@ -1,0 +1,84 @@
+"""The `elasticml` command: parses arguments and calls the module that does the work.
+
+Nothing here imports torch: `elasticml --help` and `train --dry-run` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from elasticml.errors import UserError
+
+app = typer.Typer(
+    name="elasticml",
+    help="Elastic, fault-tolerant PyTorch training from a recipe.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+recipes_app = typer.Typer(help="List and show the bundled recipes.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. "
+                                                            "trainer.max_steps=200")]
+
+
+@app.command(context_settings={"allow_interspersed_args": True})
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name.")],
+    overrides: Overrides = None,
+    nnodes: Annotated[str | None, typer.Option(help="Nodes as N or MIN:MAX.")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(help="Workers per node.")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="Rendezvous HOST:PORT.")] = None,
+    rdzv_backend: Annotated[str | None, typer.Option(help="c10d or etcd-v2.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id (same on every node).")] = None,
+    run_dir: Annotated[str | None, typer.Option(help="Run root directory.")] = None,
+    max_restarts: Annotated[int | None, typer.Option(help="Worker-group restarts.")] = None,
+    local_addr: Annotated[str | None, typer.Option(help="This node's address.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and torchrun line; run "
+                                               "nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only failures and the "
+                                                              "result.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Every event.")] = False,
+) -> None:
+    """Train a recipe elastically: survive worker crashes, lost nodes and new nodes."""
+    from elasticml.launch.job import TrainRequest
+    from elasticml.launch.job import train as run_training
+
+    flags = {"nnodes": nnodes, "nproc_per_node": nproc_per_node, "rdzv_endpoint": rdzv_endpoint,
+             "rdzv_backend": rdzv_backend, "run_id": run_id, "run_dir": run_dir,
+             "max_restarts": max_restarts, "local_addr": local_addr}
+    request = TrainRequest(recipe, overrides or [], flags, dry_run, quiet, verbose)
+    raise typer.Exit(run_training(request))
+
+
+@recipes_app.callback()
+def recipes(ctx: typer.Context) -> None:
+    """List the bundled recipes with their one-line descriptions."""
+    if ctx.invoked_subcommand is None:
+        from elasticml.recipe.catalogue import print_catalogue
+
+        print_catalogue()
+
+
+@recipes_app.command("show")
+def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, e.g. digits.")]) -> None:
+    """Print a bundled recipe, ready to copy and edit."""
+    from elasticml.recipe.load import find_recipe
+
+    sys.stdout.write(find_recipe(name).read_text())
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

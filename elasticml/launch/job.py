@@ -1,0 +1,158 @@
+"""`elasticml train`: recipe -> plan -> (dry run | agent with live console and TensorBoard)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from dataclasses import dataclass
+
+from elasticml.errors import UserError
+from elasticml.launch.plan import LaunchPlan, plan_launch
+from elasticml.recipe.load import find_recipe, load_recipe, recipe_to_yaml
+from elasticml.recipe.schema import Recipe
+from elasticml.rundir import RunDir
+
+FLAG_KEYS = {
+    "nnodes": "elastic.nnodes",
+    "nproc_per_node": "elastic.nproc_per_node",
+    "rdzv_endpoint": "elastic.rdzv.endpoint",
+    "rdzv_backend": "elastic.rdzv.backend",
+    "run_id": "run.id",
+    "run_dir": "run.dir",
+    "max_restarts": "elastic.max_restarts",
+    "local_addr": "elastic.local_addr",
+}
+
+
+@dataclass
+class TrainRequest:
+    recipe: str
+    overrides: list[str]
+    flags: dict[str, object]
+    dry_run: bool = False
+    quiet: bool = False
+    verbose: bool = False
+
+
+def compile_request(request: TrainRequest) -> tuple[Recipe, LaunchPlan]:
+    """Load and check the recipe and compile its launch; every failure is a `UserError`."""
+    path = find_recipe(request.recipe)
+    overrides = list(request.overrides) + [
+        f"{FLAG_KEYS[name]}={value}" for name, value in request.flags.items()
+        if value is not None]
+    recipe = load_recipe(path, overrides)
+    try:
+        plan = plan_launch(recipe, path, overrides)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return recipe, plan
+
+
+def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:
+    lines = ["# resolved recipe", recipe_to_yaml(recipe).rstrip(), "",
+             "# batch plan per world size (global batch, per-rank shares, micro-batch x steps)"]
+    for bp in plan.batch_plans:
+        shares = "/".join(str(s) for s in sorted(set(bp.shares), reverse=True))
+        lines.append(f"#   world {bp.world_size:>3}: global {bp.global_batch}, per rank {shares}, "
+                     f"micro-batch {bp.micro_batch} x {bp.accumulation}, lr x{bp.lr_scale:g}")
+    lines += ["", "# equivalent torchrun command (run it on every node)", plan.torchrun_command()]
+    return "\n".join(lines)
+
+
+def train(request: TrainRequest) -> int:
+    recipe, plan = compile_request(request)
+    if request.dry_run:
+        print(dry_run_text(recipe, plan))
+        return 0
+    run_dir = RunDir(plan.run_dir).create()
+    finished = _finished_step(run_dir)
+    if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
+        print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
+              "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
+        return 0
+
+    from elasticml.launch.agent import launch
+    from elasticml.telemetry.console import LiveConsole, Progress
+    from elasticml.telemetry.events import EventLog
+
+    events = EventLog(run_dir.events, "agent")
+    progress = Progress(run_id=plan.run_id, node=events.node)
+    with LiveConsole(progress, quiet=request.quiet, verbose=request.verbose) as console:
+        follower = _Follower(run_dir, console)
+        follower.start()
+        try:
+            outcome = launch(plan, events)
+        except KeyboardInterrupt:
+            outcome = None
+        except Exception as err:  # noqa: BLE001 - shown as one line; the events keep the detail
+            follower.stop()
+            name = type(err).__name__
+            if name in ("SignalException",):
+                print(f"stopped by a signal; run the same command to resume {plan.run_id}",
+                      file=sys.stderr)
+                return 130
+            raise UserError(f"{name}: {err}") from None
+        finally:
+            follower.stop()
+    if outcome is None:
+        print(f"interrupted; run the same command to resume {plan.run_id}", file=sys.stderr)
+        return 130
+    if not outcome.succeeded:
+        causes = "; ".join(f"rank {r}: {f['error']}" for r, f in sorted(outcome.failures.items()))
+        print(f"training failed after {outcome.seconds:.1f} s: {causes or 'see the logs'}\n"
+              f"details: elasticml report {run_dir.path}", file=sys.stderr)
+        return 1
+    summary = _final_summary(run_dir)
+    print(f"done: {plan.run_id} in {outcome.seconds:.1f} s{summary} -> {run_dir.path}")
+    return 0
+
+
+class _Follower(threading.Thread):
+    """Tails the run's events into the live console and TensorBoard."""
+
+    def __init__(self, run_dir: RunDir, console) -> None:
+        super().__init__(daemon=True, name="event-follower")
+        from elasticml.telemetry.events import EventTail
+        from elasticml.telemetry.tensorboard import TensorBoardSink
+
+        self.console = console
+        self.tail = EventTail(run_dir.events)
+        self.tail.poll()  # earlier launches of this run are history, not news
+        self.board = TensorBoardSink(run_dir.tensorboard, run_dir.events)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(0.25):
+            self._drain()
+        self._drain()
+        self.board.close()
+
+    def _drain(self) -> None:
+        fresh = self.tail.poll()
+        if fresh:
+            self.console.feed(fresh)
+            self.board.feed(fresh)
+
+    def stop(self) -> None:
+        if self.is_alive():
+            self._halt.set()
+            self.join(timeout=10)
+
+
+def _finished_step(run_dir: RunDir) -> int | None:
+    report = run_dir.reports / "final.json"
+    try:
+        return int(json.loads(report.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _final_summary(run_dir: RunDir) -> str:
+    try:
+        report = json.loads((run_dir.reports / "final.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    test = {k: v for k, v in report.get("test", {}).items() if isinstance(v, float | int)}
+    shown = ", ".join(f"test {k} {v:.4f}" for k, v in list(test.items())[:3])
+    return f", step {report.get('step')}" + (f", {shown}" if shown else "")
