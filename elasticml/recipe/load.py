@@ -133,7 +133,8 @@ def _parse_yaml(text: str, path: Path) -> DictConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {type(data).__name__}")
+        kind = type(data).__name__
+        raise UserError(f"{path}: a recipe is a YAML mapping of sections, got {kind}")
     try:
         return OmegaConf.create(data)
     except OmegaConfBaseException as err:

@@ -22,7 +22,7 @@ class Split:
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
-    def take(self, ids: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def take(self, ids: torch.Tensor, device: torch.device | str = "cpu") -> dict:
         batch = {name: tensor[ids] for name, tensor in self.tensors.items()}
         batch["index"] = ids
         if str(device) != "cpu":

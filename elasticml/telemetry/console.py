@@ -19,8 +19,8 @@ from rich.table import Table
 
 from elasticml.telemetry.events import Event
 
-NOTABLE = {"rendezvous", "restart", "worker_failed", "hang", "resume", "checkpoint", "eval",
-           "error", "done", "agent_done", "fault"}
+NOTABLE = {"warning", "rendezvous", "restart", "worker_failed", "hang", "resume", "checkpoint",
+           "eval", "error", "done", "agent_done", "fault"}
 
 
 @dataclass

@@ -84,8 +84,9 @@ class Saved:
 class CheckpointManager:
     """`step-N.pt` files in one folder: save (optionally in the background), find, prune."""
 
-    def __init__(self, folder: str | Path, keep: int = 3) -> None:
+    def __init__(self, folder: str | Path, keep: int = 3, warn=None) -> None:
         self.folder, self.keep = Path(folder), keep
+        self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -138,8 +139,7 @@ class CheckpointManager:
             try:
                 return step, read_checkpoint(self.path_for(step))
             except CorruptCheckpoint as err:
-                warnings.warn(f"skipping {err}; falling back to an older checkpoint",
-                              stacklevel=2)
+                self.warn(f"skipping {err}; falling back to an older checkpoint")
         return None
 
 

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 
@@ -53,7 +54,7 @@ class Trainer:
                                local_rank=self.local_rank, world_size=self.world_size,
                                restart_count=self.restart_count)
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
-                                             recipe.trainer.keep_checkpoints)
+                                             recipe.trainer.keep_checkpoints, warn=self._warn)
         self.step, self.best = 0, None
         self._stop = False
 
@@ -80,7 +81,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         min_nodes, _ = parse_nnodes(recipe.elastic.nnodes)
-        self.plan = plan_batches(trainer, self.world_size, min_nodes * recipe.elastic.nproc_per_node)
+        min_world = min_nodes * recipe.elastic.nproc_per_node
+        self.plan = plan_batches(trainer, self.world_size, min_world)
         self.sampler = ElasticSampler(len(self.splits["train"]), recipe.run.seed)
         self.total_steps = self._total_steps()
         self.optimizer = build_optimizer(recipe.optimizer, model.parameters())
@@ -280,6 +282,10 @@ class Trainer:
         self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
                          seconds=round(saved.stall_s, 4),
                          error=type(error).__name__ if error else None)
+
+    def _warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        self.events.emit("warning", message=message)
 
     def _on_sigterm(self, signum, frame) -> None:
         self._stop = True

@@ -1,0 +1,84 @@
+"""LaunchPlan: one value, two renderings (LaunchConfig and the torchrun line) that agree."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from elasticml.errors import UserError
+from elasticml.launch.job import TrainRequest, compile_request, dry_run_text
+from elasticml.launch.plan import plan_launch
+from elasticml.recipe.load import load_recipe
+
+DIGITS = Path(__file__).resolve().parents[2] / "recipes" / "digits.yaml"
+
+
+def plan_for(*overrides: str):
+    return plan_launch(load_recipe(DIGITS, list(overrides)), DIGITS, list(overrides))
+
+
+def test_single_node_uses_a_private_local_store():
+    plan = plan_for()
+    assert (plan.min_nodes, plan.max_nodes, plan.nproc_per_node) == (1, 1, 2)
+    assert plan.rdzv_endpoint == "127.0.0.1:0"
+    assert plan.rdzv_backend == "elasticml-c10d"
+
+
+def test_environment_applies_the_store_fix_and_explicit_threads():
+    plan = plan_for("trainer.threads=3")
+    assert plan.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert plan.env["OMP_NUM_THREADS"] == "3"
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in plan_for("elastic.share_store=true").env
+
+
+def test_fast_rendezvous_timings_reach_both_renderings():
+    plan = plan_for("elastic.rdzv.last_call=0.5", "elastic.rdzv.heartbeat=1")
+    assert plan.rdzv_configs["last_call_timeout"] == "0.5"
+    assert plan.rdzv_configs["keep_alive_interval"] == "1"
+    config = plan.to_launch_config()
+    assert config.rdzv_configs["last_call_timeout"] == "0.5"
+    assert "last_call_timeout=0.5" in plan.torchrun_command()
+
+
+def test_torchrun_line_matches_the_launch_config():
+    overrides = ["elastic.nnodes=1:3", "elastic.rdzv.endpoint=10.0.0.1:29400",
+                 "trainer.max_steps=9"]
+    plan = plan_for(*overrides)
+    config = plan.to_launch_config()
+    words = shlex.split(plan.torchrun_command())
+    env = dict(w.split("=", 1) for w in words[: words.index("torchrun")])
+    flags = dict(w[2:].split("=", 1) for w in words if w.startswith("--") and "=" in w)
+    assert env == plan.env
+    assert flags["nnodes"] == f"{config.min_nodes}:{config.max_nodes}" == "1:3"
+    assert int(flags["nproc-per-node"]) == config.nproc_per_node
+    assert flags["rdzv-backend"] == config.rdzv_backend
+    assert flags["rdzv-endpoint"] == config.rdzv_endpoint
+    assert flags["rdzv-id"] == config.run_id == "digits"
+    assert int(flags["max-restarts"]) == config.max_restarts
+    conf = dict(kv.split("=") for kv in flags["rdzv-conf"].split(","))
+    assert {k: str(v) for k, v in config.rdzv_configs.items() if k != "timeout"} == conf
+    module = words.index("-m")
+    assert words[module + 1] == "elasticml.train.worker"
+    assert words[module + 2:] == [str(DIGITS), *overrides]
+
+
+def test_multi_node_needs_an_endpoint():
+    with pytest.raises(ValueError, match="needs a rendezvous endpoint"):
+        plan_for("elastic.nnodes=1:2")
+
+
+def test_dry_run_shows_batch_plan_for_every_world_size():
+    request = TrainRequest(str(DIGITS), ["trainer.global_batch_size=10"],
+                           {"nnodes": "1:3", "rdzv_endpoint": "127.0.0.1:1234"})
+    recipe, plan = compile_request(request)
+    text = dry_run_text(recipe, plan)
+    assert [bp.world_size for bp in plan.batch_plans] == [2, 4, 6]
+    assert "world   6: global 10, per rank 2/1" in text
+    assert "torchrun --nnodes=1:3" in text
+
+
+def test_unservable_range_is_refused_at_compile_time():
+    request = TrainRequest(str(DIGITS), ["trainer.global_batch_size=4"],
+                           {"nnodes": "1:3", "rdzv_endpoint": "127.0.0.1:1234"})
+    with pytest.raises(UserError, match="smaller than the world size 6"):
+        compile_request(request)
