@@ -72,6 +72,26 @@ def recipes_show(name: Annotated[str, typer.Argument(help="Recipe name, e.g. dig
     sys.stdout.write(find_recipe(name).read_text())
 
 
+@recipes_app.command("keys")
+def recipes_keys(
+    section: Annotated[str | None, typer.Argument(help="Only this section, e.g. trainer.")] = None,
+) -> None:
+    """Every recipe key with its type, default and meaning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from elasticml.recipe.reference import sections
+
+    console = Console()
+    for title, keys in sections().items():
+        if section and not title.startswith(section):
+            continue
+        table = Table("key", "type", "default", "meaning", title=title, title_justify="left")
+        for k in keys:
+            table.add_row(k.key, k.type, k.default, k.doc)
+        console.print(table)
+
+
 def main() -> None:
     try:
         app()

@@ -196,7 +196,7 @@ def _explain(err: OmegaConfBaseException, path: Path | None, text: str | None) -
     key = getattr(err, "full_key", "") or ""
     message = (getattr(err, "msg", None) or str(err)).splitlines()[0]
     if "not in" in message and "Key" in message:
-        message = "unknown key (check spelling; `elasticml recipes show` lists valid keys)"
+        message = "unknown key (check spelling; `elasticml recipes keys` lists valid keys)"
     elif "could not be converted to" in message:
         wanted = message.rsplit(" ", 1)[-1].lower()
         value = message.split("'")[1] if "'" in message else "?"

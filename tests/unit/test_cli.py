@@ -59,3 +59,14 @@ def test_recipes_lists_and_shows():
     assert listed.exit_code == 0 and "digits" in listed.output
     shown = runner.invoke(app, ["recipes", "show", "digits"])
     assert shown.exit_code == 0 and "task:" in shown.output
+
+
+def test_recipe_reference_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from elasticml.recipe.reference import markdown
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "recipe-reference.md"
+    assert docs.read_text() == markdown(), "run: python scripts/recipe_reference.py"
+    keys = runner.invoke(app, ["recipes", "keys", "trainer"], env={"COLUMNS": "250"})
+    assert keys.exit_code == 0 and "trainer.global_batch_size" in keys.output
