@@ -187,6 +187,8 @@ class TrainerConfig:
     """Write a checkpoint every N steps (0 = only at the end)."""
     keep_checkpoints: int = 3
     """Newest periodic checkpoints kept on disk."""
+    async_checkpoint: bool = True
+    """Write checkpoints in a background thread; the loop only waits for an in-memory copy."""
     log_every: int = 10
     """Write a step event every N steps."""
     device: str = "auto"

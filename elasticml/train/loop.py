@@ -248,7 +248,8 @@ class Trainer:
     def save(self, reason: str, name: str | None = None) -> None:
         if self.rank != 0:
             return
-        saved = self.checkpoints.save(self.state(), self.step, background=True, name=name)
+        saved = self.checkpoints.save(self.state(), self.step, name=name,
+                                      background=self.recipe.trainer.async_checkpoint)
         self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
                          seconds=round(saved.stall_s, 4))
 
