@@ -43,6 +43,7 @@ def main() -> None:
     model = DistributedDataParallel(task.build_model())
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optimizer.lr,
                                   weight_decay=recipe.optimizer.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.steps)
     per_rank = recipe.trainer.global_batch_size // world
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(recipe.run.seed))
     marks: dict[int, float] = {}
@@ -53,6 +54,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
         if step in (1, args.warmup, args.steps):
             marks[step] = time.time()
     if rank == 0:

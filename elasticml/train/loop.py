@@ -155,7 +155,7 @@ class Trainer:
             self.checkpoints.wait()
 
     def train(self) -> None:
-        trainer, window = self.recipe.trainer, _Window()
+        trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
         while self.step < self.total_steps:
             if self._stop:
                 self._save_last_completed(reason="signal")
@@ -165,7 +165,8 @@ class Trainer:
             self.step += 1
             _write_progress(self.run_dir, self.local_rank, self.step)
             window.add(loss_sum, count)
-            if self.step % trainer.log_every == 0 or self.step == self.total_steps:
+            if (self.step % trainer.log_every == 0 or self.step == self.total_steps
+                    or self.step == resumed_at + 1):  # the first step of an attempt is news
                 self.log_step(window)
             if trainer.eval_every and self.step % trainer.eval_every == 0:
                 self.validate()

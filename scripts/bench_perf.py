@@ -1,0 +1,179 @@
+"""What elasticml costs when nothing fails, against the strongest plain alternative, in one run.
+
+    python scripts/bench_perf.py [--recipe recipes/sequence.yaml] [--repeats 3] [--json out.json]
+
+Every figure is taken for elasticml and for its baseline in alternation (A B A B ...), so a
+machine whose speed drifts affects both, and is reported as elasticml / baseline with the
+minimum, median and maximum over the repeats:
+
+* steady-state samples/s: the recipe under `elasticml train` vs `scripts/ddp_baseline.py` (a
+  hand-written DDP loop of the same task, model, data and batch) under `torchrun --standalone`;
+* launch -> first training step: one node, and `--nnodes 1:2` with only one node coming, vs
+  `torchrun --standalone` running the baseline;
+* checkpoint stall per save (time the loop is blocked), asynchronous vs synchronous writes;
+* CLI responsiveness: `elasticml --help` and `train --dry-run` (absolute seconds);
+* scaling: samples/s with 1 and 2 workers on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TORCHRUN = str(Path(PYTHON).with_name("torchrun"))
+
+
+def events(run: Path) -> list[dict]:
+    found = []
+    for path in (run / "events").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                found.append(json.loads(line))
+    return sorted(found, key=lambda e: e["t"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def elasticml_run(recipe: str, work: Path, run_id: str, *overrides: str,
+                  flags: tuple[str, ...] = ()) -> tuple[float, Path]:
+    """Run `elasticml train`; returns the launch time and the run directory."""
+    started = time.time()
+    subprocess.run([PYTHON, "-m", "elasticml", "train", recipe, "-q", "--run-id", run_id,
+                    "--run-dir", str(work / "runs"), *flags, *overrides],
+                   check=True, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return started, work / "runs" / run_id
+
+
+def baseline_run(recipe: str, work: Path, nproc: int, steps: int, warmup: int,
+                 *overrides: str) -> tuple[float, dict]:
+    out = work / f"baseline-{time.time_ns()}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    started = time.time()
+    subprocess.run([TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
+                    str(ROOT / "scripts" / "ddp_baseline.py"), recipe, *overrides,
+                    "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)],
+                   check=True, cwd=work, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return started, json.loads(out.read_text())
+
+
+def steady_samples_per_s(run: Path, warmup: int, steps: int, global_batch: int) -> float:
+    marks = {e["step"]: e["t"] for e in events(run) if e["kind"] == "step" and e["rank"] == 0}
+    return (steps - warmup) * global_batch / (marks[steps] - marks[warmup])
+
+
+def first_step_s(run: Path, started: float) -> float:
+    return min(e["t"] for e in events(run) if e["kind"] == "step") - started
+
+
+def stalls(run: Path) -> list[float]:
+    return [e["seconds"] for e in events(run)
+            if e["kind"] == "checkpoint" and e.get("reason") == "periodic"]
+
+
+def timed(command: list[str], work: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=work, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = ROOT / "recipes" / "sequence.yaml"
+    parser.add_argument("--recipe", default=str(default if default.exists() else
+                                                ROOT / "recipes" / "digits.yaml"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    from elasticml.recipe.load import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    batch = recipe.trainer.global_batch_size
+    quiet = ["trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.log_every=10",
+             f"trainer.max_steps={args.steps}", "elastic.nproc_per_node=2"]
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def add(name: str, ours: float, theirs: float | None) -> None:
+        row = rows.setdefault(name, {"elasticml": [], "baseline": [], "ratio": []})
+        row["elasticml"].append(ours)
+        if theirs is not None:
+            row["baseline"].append(theirs)
+            row["ratio"].append(ours / theirs)
+
+    work = Path(tempfile.mkdtemp(prefix="elasticml-bench-"))
+    try:
+        for repeat in range(args.repeats):
+            print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
+            base_start, base = baseline_run(args.recipe, work, 2, args.steps, args.warmup)
+            ours_start, run = elasticml_run(args.recipe, work, f"tput{repeat}", *quiet)
+            add("samples/s, 2 workers", steady_samples_per_s(run, args.warmup, args.steps, batch),
+                base["samples_per_s"])
+            base_first = base["first_step_t"] - base_start
+            add("launch -> first step (s), 1 node", first_step_s(run, ours_start), base_first)
+
+            endpoint = f"127.0.0.1:{free_port()}"
+            ours_start, run = elasticml_run(args.recipe, work, f"range{repeat}", *quiet[:3],
+                                            "trainer.max_steps=3",
+                                            flags=("--nnodes", "1:2", "--rdzv-endpoint",
+                                                   endpoint))
+            add("launch -> first step (s), --nnodes 1:2", first_step_s(run, ours_start),
+                base_first)
+
+            for mode in ("async", "sync"):
+                _, run = elasticml_run(args.recipe, work, f"ckpt-{mode}{repeat}",
+                                       *quiet[2:], "trainer.checkpoint_every=10",
+                                       f"trainer.async_checkpoint={mode == 'async'}",
+                                       "trainer.max_steps=60")
+                step_s = batch / steady_samples_per_s(run, 10, 60, batch)
+                add(f"checkpoint stall (s), {mode}", statistics.median(stalls(run)), None)
+                add(f"checkpoint stall / step time, {mode}", statistics.median(stalls(run)) /
+                    step_s, None)
+
+            _, run = elasticml_run(args.recipe, work, f"one{repeat}", *quiet[:4],
+                                   "elastic.nproc_per_node=1")
+            add("samples/s, 1 worker", steady_samples_per_s(run, args.warmup, args.steps, batch),
+                None)
+            add("CLI: elasticml --help (s)", timed([PYTHON, "-m", "elasticml", "--help"], work),
+                None)
+            add("CLI: train --dry-run (s)", timed([PYTHON, "-m", "elasticml", "train",
+                                                    args.recipe, "--dry-run"], work), None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\nrecipe {args.recipe}, {args.repeats} repeats, {os.cpu_count()} cores; "
+          "min / median / max\n")
+    print("| figure | elasticml | baseline | elasticml / baseline |\n|---|---|---|---|")
+    for name, row in rows.items():
+        cells = [" / ".join(f"{v:.3g}" for v in spread(row[key])) if row[key] else "-"
+                 for key in ("elasticml", "baseline", "ratio")]
+        print(f"| {name} | {' | '.join(cells)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
