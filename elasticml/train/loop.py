@@ -56,6 +56,7 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
                                              recipe.trainer.keep_checkpoints, warn=self._warn)
         self.step, self.best = 0, None
+        self.progress = _ProgressFile(self.run_dir, self.local_rank)
         self._stop = False
 
     # --- setup -------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Trainer:
             self.faults.before_step(self.step)
             loss_sum, count = self.train_step()
             self.step += 1
-            _write_progress(self.run_dir, self.local_rank, self.step)
+            self.progress.write(self.step)
             window.add(loss_sum, count)
             if (self.step % trainer.log_every == 0 or self.step == self.total_steps
                     or self.step == resumed_at + 1):  # the first step of an attempt is news
@@ -333,17 +334,26 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-def _write_progress(run_dir: RunDir, local_rank: int, step: int) -> None:
-    """Last completed step of this node's local rank: lets a restart count the steps lost."""
-    path = run_dir.logs / f"progress-{os.uname().nodename}-{local_rank}"
-    path.write_text(str(step))
+class _ProgressFile:
+    """Last completed step of this node's local rank: lets a restart count the steps lost.
+
+    One `pwrite` of a fixed-width number per step into a file kept open: it lands in the page
+    cache, so it survives the process being SIGKILLed, and costs microseconds.
+    """
+
+    def __init__(self, run_dir: RunDir, local_rank: int) -> None:
+        path = run_dir.logs / f"progress-{os.uname().nodename}-{local_rank}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+
+    def write(self, step: int) -> None:
+        os.pwrite(self._fd, f"{step:>20}".encode(), 0)
 
 
 def _last_progress(run_dir: RunDir) -> int:
     steps = []
     for path in run_dir.logs.glob("progress-*"):
         with contextlib.suppress(ValueError, OSError):
-            steps.append(int(path.read_text() or 0))
+            steps.append(int(path.read_text().strip() or 0))
     return max(steps, default=0)
 
 
