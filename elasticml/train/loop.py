@@ -31,7 +31,9 @@ from elasticml.train.batching import plan_batches
 from elasticml.train.checkpoint import CheckpointManager, write_atomically
 from elasticml.train.faults import FaultInjector
 from elasticml.train.optim import build_optimizer, build_scheduler
+from elasticml.train.progress import Progress, last_progress
 from elasticml.train.recovery import NOTHING, agree_on_state
+from elasticml.train.sample_log import SampleLog
 from elasticml.train.sampler import ElasticSampler
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
@@ -56,12 +58,15 @@ class Trainer:
                                              recipe.trainer.keep_checkpoints)
         self.step, self.best = 0, None
         self._stop = False
+        self._before = None  # this node's progress before this attempt (for `recovered`)
 
     # --- setup -------------------------------------------------------------------------
 
     def setup(self) -> None:
         recipe, trainer = self.recipe, self.recipe.trainer
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.progress = Progress(self.run_dir.logs, self.local_rank)
+        self.samples = SampleLog(self.rank)
         torch.set_num_threads(threads_per_worker(recipe))
         self.device = _device(trainer.device, self.local_rank)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -80,14 +85,15 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         min_nodes, _ = parse_nnodes(recipe.elastic.nnodes)
-        self.plan = plan_batches(trainer, self.world_size, min_nodes * recipe.elastic.nproc_per_node)
+        min_world = min_nodes * recipe.elastic.nproc_per_node
+        self.plan = plan_batches(trainer, self.world_size, min_world)
         self.sampler = ElasticSampler(len(self.splits["train"]), recipe.run.seed)
         self.total_steps = self._total_steps()
         self.optimizer = build_optimizer(recipe.optimizer, model.parameters())
         self.scheduler = build_scheduler(recipe.schedule, self.optimizer, self.total_steps,
                                          self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
-                                    self.events.emit)
+                                    self.events.emit, self.run_dir.logs)
         self.metric_name = trainer.best_metric or self.task.main_metric
         self._restore()
 
@@ -103,8 +109,11 @@ class Trainer:
                                 else torch.device("cpu"))
         if agreed.state is not None:
             self.load_state(agreed.state)
-        last_seen = _last_progress(self.run_dir)
+        before = last_progress(self.run_dir.logs)
+        last_seen = before.step
         lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
+        if before.time is not None and self.local_rank == 0:
+            self._before = (before, lost)
         source = "fresh" if agreed.step == NOTHING else (
             "checkpoint" if agreed.local_step == agreed.step else "peer")
         self.events.emit("resume", step=self.step, source=source, source_rank=agreed.source_rank,
@@ -161,7 +170,9 @@ class Trainer:
             self.faults.before_step(self.step)
             loss_sum, count = self.train_step()
             self.step += 1
-            _write_progress(self.run_dir, self.local_rank, self.step)
+            self.progress.write(self.step)
+            if self._before is not None:
+                self._emit_recovered()
             window.add(loss_sum, count)
             if self.step % trainer.log_every == 0 or self.step == self.total_steps:
                 self.log_step(window)
@@ -207,6 +218,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.samples.record(self.step, mine if weight else mine[:0])
         return loss_sum, int(len(mine) * weight)
 
     def log_step(self, window: _Window) -> None:
@@ -281,6 +293,13 @@ class Trainer:
                          seconds=round(saved.stall_s, 4),
                          error=type(error).__name__ if error else None)
 
+    def _emit_recovered(self) -> None:
+        """The first step after a restart: how long this node did not train, what it lost."""
+        before, lost = self._before
+        self._before = None
+        self.events.emit("recovered", step=self.step, gap_s=round(time.time() - before.time, 3),
+                         steps_lost=lost, last_step_before=before.step)
+
     def _on_sigterm(self, signum, frame) -> None:
         self._stop = True
 
@@ -323,20 +342,6 @@ def _better(value: float, best: dict | None, higher: bool) -> bool:
 
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-def _write_progress(run_dir: RunDir, local_rank: int, step: int) -> None:
-    """Last completed step of this node's local rank: lets a restart count the steps lost."""
-    path = run_dir.logs / f"progress-{os.uname().nodename}-{local_rank}"
-    path.write_text(str(step))
-
-
-def _last_progress(run_dir: RunDir) -> int:
-    steps = []
-    for path in run_dir.logs.glob("progress-*"):
-        with contextlib.suppress(ValueError, OSError):
-            steps.append(int(path.read_text() or 0))
-    return max(steps, default=0)
 
 
 def _write_reports(run_dir: RunDir, step: int, reports: dict, best: dict | None) -> None:
