@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
@@ -29,7 +31,10 @@ from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
 from elasticml.launch import rendezvous
 from elasticml.launch.plan import LaunchPlan
+from elasticml.launch.watchdog import HangWatchdog
 from elasticml.telemetry.events import EventLog
+
+MEMBERS_WAIT = timedelta(seconds=2)
 
 
 @dataclass
@@ -40,31 +45,55 @@ class Outcome:
 
 
 class ObservingAgent(LocalElasticAgent):
-    """A `LocalElasticAgent` that writes what it sees to the event log, and changes nothing."""
+    """A `LocalElasticAgent` that writes what it sees to the event log and ends hung workers.
 
-    def __init__(self, *args, events: EventLog, **kwargs) -> None:
+    Supervision, restarts and membership stay torch's; the only action of its own is the hang
+    watchdog (`watchdog.py`), which turns a silent hang into an ordinary worker failure.
+    """
+
+    def __init__(self, *args, events: EventLog, watchdog: HangWatchdog | None = None,
+                 node: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.events = events
+        self.events, self.watchdog = events, watchdog
+        self.node = node or socket.gethostname()
         self._round = 0
         self._last_world: int | None = None
+        self._last_members: list[dict] | None = None
+        self._cause: dict = {}
 
     def _rendezvous(self, worker_group) -> None:
         started = time.perf_counter()
         super()._rendezvous(worker_group)
-        world = worker_group.group_world_size
-        self.events.emit(
-            "rendezvous",
-            round=self._round,
-            seconds=round(time.perf_counter() - started, 4),
-            group_rank=worker_group.group_rank,
-            group_world_size=world,
-            world_size=world * worker_group.spec.local_world_size,
-            previous_world_size=self._last_world,
-        )
+        seconds = round(time.perf_counter() - started, 4)
+        world = worker_group.group_world_size * worker_group.spec.local_world_size
+        members = self._exchange_members(worker_group)
+        self.events.emit("rendezvous", round=self._round, seconds=seconds,
+                         group_rank=worker_group.group_rank,
+                         group_world_size=worker_group.group_world_size, world_size=world,
+                         previous_world_size=self._last_world, members=members)
+        if self._last_world is not None and world != self._last_world:
+            before = {m["node"] for m in self._last_members or []}
+            now = {m["node"] for m in members or []}
+            self.events.emit("membership", world_size=world, previous_world_size=self._last_world,
+                             nodes=worker_group.group_world_size,
+                             joined=sorted(now - before), left=sorted(before - now))
         self._round += 1
-        self._last_world = world * worker_group.spec.local_world_size
+        self._last_world, self._last_members = world, members
+
+    def _exchange_members(self, worker_group) -> list[dict] | None:
+        """Every node's address, by group rank, through the round's own store (None if slow)."""
+        store, me = worker_group.store, {"node": self.node, "pid": os.getpid()}
+        keys = [f"elasticml/member/{r}" for r in range(worker_group.group_world_size)]
+        try:
+            store.set(keys[worker_group.group_rank], json.dumps(me))
+            store.wait(keys, MEMBERS_WAIT)
+            return [json.loads(store.get(key)) for key in keys]
+        except Exception:  # noqa: BLE001 - a peer gone right after the round; not worth failing
+            return None
 
     def _start_workers(self, worker_group):
+        if self.watchdog is not None:
+            self.watchdog.reset()
         pids = super()._start_workers(worker_group)
         self.events.emit("workers_started", restart_count=self._restart_count(),
                          pids=list(pids.values()))
@@ -72,20 +101,46 @@ class ObservingAgent(LocalElasticAgent):
 
     def _monitor_workers(self, worker_group) -> RunResult:
         result = super()._monitor_workers(worker_group)
+        if result.state == WorkerState.HEALTHY and self.watchdog is not None:
+            for hung in self.watchdog.check(worker_group.workers):
+                self.events.emit("hang", rank=hung.rank, local_rank=hung.local_rank,
+                                 seconds=hung.seconds, step=hung.step, stacks=hung.stacks)
+                self._cause = {"cause": "hang", "failed_rank": hung.rank, "node": self.node}
         if result.state == WorkerState.FAILED:
-            for rank, failure in result.failures.items():
-                self.events.emit("worker_failed", **describe_failure(rank, failure))
+            described = [describe_failure(rank, f) for rank, f in result.failures.items()]
+            for info in described:
+                self.events.emit("worker_failed", node=self.node, **info)
+            if not self._cause:
+                self._cause = root_cause(described, self.node)
         return result
 
     def _restart_workers(self, worker_group) -> None:
-        cause = "membership" if worker_group.state == WorkerState.HEALTHY else "failure"
-        self.events.emit("restart", cause=cause, restart_count=self._restart_count() + (
-            cause == "failure"))
+        if worker_group.state == WorkerState.HEALTHY:
+            cause = {"cause": "membership",
+                     "nodes_waiting": worker_group.spec.rdzv_handler.num_nodes_waiting()}
+        else:
+            cause = self._cause or {"cause": "failure"}
+        self._cause = {}
+        self.events.emit("restart", restart_count=self._restart_count(), **cause)
         super()._restart_workers(worker_group)
 
     def _restart_count(self) -> int:
         spec = self._worker_group.spec
         return spec.max_restarts - self._remaining_restarts
+
+
+def root_cause(described: list[dict], node: str) -> dict:
+    """The failure that started it: a worker killed by a signal other than the agent's own
+    SIGTERM first, then one that exited with an error, then whatever is left."""
+    def weight(info: dict) -> int:
+        if info["signal"] and info["signal"] != "SIGTERM":
+            return 0
+        return 1 if info["signal"] is None else 2
+
+    first = min(described, key=weight)
+    return {"cause": "failure", "failed_rank": first["rank"], "local_rank": first["local_rank"],
+            "node": node, "exitcode": first["exitcode"], "signal": first["signal"],
+            "error": (first["error"] or "")[:300]}
 
 
 def describe_failure(rank: int, failure) -> dict:
@@ -132,8 +187,10 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
         monitor_interval=plan.monitor_interval,
         local_addr=plan.local_addr,
     )
+    watchdog = HangWatchdog(plan.run_dir / "logs", plan.hang_timeout) if plan.hang_timeout \
+        else None
     agent = ObservingAgent(spec=spec, logs_specs=config.logs_specs, start_method="spawn",
-                           events=events)
+                           events=events, watchdog=watchdog, node=plan.local_addr)
     events.emit("launch", nnodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
                 backend=plan.rdzv_backend, endpoint=plan.rdzv_endpoint, run_id=plan.run_id,
                 command=plan.torchrun_command())

@@ -47,6 +47,8 @@ class LaunchPlan:
     env: dict[str, str]
     worker_args: tuple[str, ...]
     local_addr: str | None = None
+    hang_timeout: float = 0.0
+    """Seconds without progress after which the agent ends a worker (0: never)."""
     batch_plans: tuple[BatchPlan, ...] = field(default=())
 
     @property
@@ -129,6 +131,7 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
         env=_environment(recipe),
         worker_args=(str(Path(recipe_path).resolve()), *overrides),
         local_addr=elastic.local_addr,
+        hang_timeout=elastic.hang_timeout,
         batch_plans=batch_plans,
     )
 

@@ -32,7 +32,9 @@ from elasticml.train.batching import plan_batches
 from elasticml.train.checkpoint import CheckpointManager, write_atomically
 from elasticml.train.faults import FaultInjector
 from elasticml.train.optim import build_optimizer, build_scheduler
+from elasticml.train.progress import Progress, last_progress
 from elasticml.train.recovery import NOTHING, agree_on_state
+from elasticml.train.sample_log import SampleLog
 from elasticml.train.sampler import ElasticSampler
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
@@ -56,14 +58,16 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
                                              recipe.trainer.keep_checkpoints, warn=self._warn)
         self.step, self.best = 0, None
-        self.progress = _ProgressFile(self.run_dir, self.local_rank)
         self._stop = False
+        self._before = None  # this node's progress before this attempt (for `recovered`)
 
     # --- setup -------------------------------------------------------------------------
 
     def setup(self) -> None:
         recipe, trainer = self.recipe, self.recipe.trainer
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.progress = Progress(self.run_dir.logs, self.local_rank)
+        self.samples = SampleLog(self.rank)
         torch.set_num_threads(threads_per_worker(recipe))
         self.device = _device(trainer.device, self.local_rank)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -90,7 +94,7 @@ class Trainer:
         self.scheduler = build_scheduler(recipe.schedule, self.optimizer, self.total_steps,
                                          self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
-                                    self.events.emit)
+                                    self.events.emit, self.run_dir.logs)
         self.metric_name = trainer.best_metric or self.task.main_metric
         self._restore()
 
@@ -106,8 +110,11 @@ class Trainer:
                                 else torch.device("cpu"))
         if agreed.state is not None:
             self.load_state(agreed.state)
-        last_seen = _last_progress(self.run_dir)
+        before = last_progress(self.run_dir.logs)
+        last_seen = before.step
         lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
+        if before.time is not None and self.local_rank == 0:
+            self._before = (before, lost)
         source = "fresh" if agreed.step == NOTHING else (
             "checkpoint" if agreed.local_step == agreed.step else "peer")
         self.events.emit("resume", step=self.step, source=source, source_rank=agreed.source_rank,
@@ -165,6 +172,8 @@ class Trainer:
             loss_sum, count = self.train_step()
             self.step += 1
             self.progress.write(self.step)
+            if self._before is not None:
+                self._emit_recovered()
             window.add(loss_sum, count)
             if (self.step % trainer.log_every == 0 or self.step == self.total_steps
                     or self.step == resumed_at + 1):  # the first step of an attempt is news
@@ -211,6 +220,7 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.samples.record(self.step, mine if weight else mine[:0])
         return loss_sum, int(len(mine) * weight)
 
     def log_step(self, window: _Window) -> None:
@@ -290,6 +300,13 @@ class Trainer:
         print(f"warning: {message}", file=sys.stderr, flush=True)
         self.events.emit("warning", message=message)
 
+    def _emit_recovered(self) -> None:
+        """The first step after a restart: how long this node did not train, what it lost."""
+        before, lost = self._before
+        self._before = None
+        self.events.emit("recovered", step=self.step, gap_s=round(time.time() - before.time, 3),
+                         steps_lost=lost, last_step_before=before.step)
+
     def _on_sigterm(self, signum, frame) -> None:
         self._stop = True
 
@@ -332,29 +349,6 @@ def _better(value: float, best: dict | None, higher: bool) -> bool:
 
 def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
-
-
-class _ProgressFile:
-    """Last completed step of this node's local rank: lets a restart count the steps lost.
-
-    One `pwrite` of a fixed-width number per step into a file kept open: it lands in the page
-    cache, so it survives the process being SIGKILLed, and costs microseconds.
-    """
-
-    def __init__(self, run_dir: RunDir, local_rank: int) -> None:
-        path = run_dir.logs / f"progress-{os.uname().nodename}-{local_rank}"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-
-    def write(self, step: int) -> None:
-        os.pwrite(self._fd, f"{step:>20}".encode(), 0)
-
-
-def _last_progress(run_dir: RunDir) -> int:
-    steps = []
-    for path in run_dir.logs.glob("progress-*"):
-        with contextlib.suppress(ValueError, OSError):
-            steps.append(int(path.read_text().strip() or 0))
-    return max(steps, default=0)
 
 
 def _write_reports(run_dir: RunDir, step: int, reports: dict, best: dict | None) -> None:

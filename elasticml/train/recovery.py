@@ -43,10 +43,10 @@ def agree_on_state(manager: CheckpointManager, device: torch.device) -> Agreed:
     if best == NOTHING:
         return Agreed(NOTHING, -1, None, local_step, time.perf_counter() - started)
     source = int((steps == best).nonzero()[0])
-    state = local_state if local_step == best else None
-    if world > 1 and bool((steps != best).any()):  # someone lacks it: the holder sends it
-        received = _broadcast_state(local_state if rank == source else None, source, device)
-        state = state if state is not None else received
+    if world > 1 and bool((steps != best).any()):
+        state = _broadcast_state(local_state if rank == source else None, source, device)
+    else:  # every rank holds the newest step already: each reads its own copy
+        state = local_state
     return Agreed(best, source, state, local_step, time.perf_counter() - started)
 
 

@@ -1,0 +1,65 @@
+"""What a worker leaves on its node's disk so that others can tell how it is doing.
+
+* `logs/progress-<host>-<agent pid>-<local rank>` holds the last completed step and is rewritten
+  after every step: its modification time is the worker's heartbeat (the agent's hang watchdog
+  reads it) and the largest step among these files is how far the run got on this node (a
+  restart counts its lost steps against it).
+* `logs/stacks-<host>-<agent pid>-<local rank>.txt` receives every thread's Python stack when
+  the worker gets SIGUSR1 (`faulthandler`, so it works even while the worker is stuck inside a
+  collective). The watchdog sends that signal before it ends a hung worker.
+
+The agent's pid is part of the names because several agents (nodes) may share one run dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+STACKS_SIGNAL = signal.SIGUSR1
+
+
+def progress_path(logs: Path, agent_pid: int, local_rank: int) -> Path:
+    return logs / f"progress-{socket.gethostname()}-{agent_pid}-{local_rank}"
+
+
+def stacks_path(logs: Path, agent_pid: int, local_rank: int) -> Path:
+    return logs / f"stacks-{socket.gethostname()}-{agent_pid}-{local_rank}.txt"
+
+
+class Progress:
+    """One worker's progress file and stack-dump hook."""
+
+    def __init__(self, logs: Path, local_rank: int) -> None:
+        logs.mkdir(parents=True, exist_ok=True)
+        agent = os.getppid()
+        self.path = progress_path(logs, agent, local_rank)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._stacks = open(stacks_path(logs, agent, local_rank), "a")  # noqa: SIM115 - kept open
+        faulthandler.register(STACKS_SIGNAL, file=self._stacks, all_threads=True)
+
+    def write(self, step: int) -> None:
+        """One `pwrite` into a file kept open: microseconds, and it survives a SIGKILL."""
+        os.pwrite(self._fd, f"{step:>20}".encode(), 0)
+
+
+@dataclass(frozen=True)
+class LastProgress:
+    step: int
+    """Largest step any worker of this node (any attempt) completed; 0 when none did."""
+    time: float | None
+    """When that node last completed a step (unix time), None when never."""
+
+
+def last_progress(logs: Path) -> LastProgress:
+    step, when = 0, None
+    for path in logs.glob("progress-*"):
+        with contextlib.suppress(ValueError, OSError):
+            step = max(step, int(path.read_text().strip() or 0))
+            when = max(when or 0.0, path.stat().st_mtime)
+    return LastProgress(step, when)

@@ -1,0 +1,200 @@
+"""Helpers for the elasticity tests: run `elasticml` as real processes and end them for sure.
+
+`Job` starts a command in its own session and, when the test is over, SIGKILLs it and every
+process it started, found through /proc (torch elastic puts each worker in a session of its
+own, so a process-group kill alone would leave workers behind). `Cluster` makes "nodes" out
+of network namespaces joined by a bridge, each with its own 10.x address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from elasticml.telemetry.events import read_events
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("tiny.yaml")
+
+
+def env_with_repo(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def train_command(*args: str, recipe: Path = TINY) -> list[str]:
+    return [sys.executable, "-m", "elasticml", "train", str(recipe), "-q", *args]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children first found, grandchildren after)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in parents.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and everything below it, by pid."""
+    for victim in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+
+
+class Job:
+    """One process (an agent, a store, etcd) with its output in a file."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.command, self.log = command, log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT,
+                                        env=env or env_with_repo(), cwd=cwd,
+                                        start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.command[:6]} still running after {timeout} s; "
+                                 f"output:\n{self.output()[-3000:]}") from None
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            kill_tree(self.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+        else:
+            for orphan in descendants(self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orphan, signal.SIGKILL)
+        self._out.close()
+
+
+def run_events(run_root: Path, run_id: str = "tiny") -> list[dict]:
+    return read_events(run_root / run_id / "events")
+
+
+def of_kind(events: list[dict], kind: str, **match) -> list[dict]:
+    return [e for e in events if e["kind"] == kind
+            and all(e.get(k) == v for k, v in match.items())]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# --- network namespaces as nodes ----------------------------------------------------------
+
+
+def netns_available() -> str | None:
+    """None when namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "needs iproute2 (`ip`)"
+    probe = f"emlprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True)
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None if made.returncode == 0 else f"`ip netns add` failed: {made.stderr.decode()}"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+class Cluster:
+    """Nodes in network namespaces on one bridge; the host side of the bridge is `.254`."""
+
+    IFNAME = "eml0"
+
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 10000}{random.randrange(100):02d}"
+        self.tag = tag
+        self.subnet = f"10.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
+        self.bridge = f"embr{tag}"
+        self.host_addr = f"{self.subnet}.254"
+        self.nodes: dict[str, str] = {}
+        self._veths: dict[str, str] = {}
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.host_addr}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+
+    def add_node(self) -> str:
+        index = len(self.nodes) + 1
+        name, veth = f"eml{self.tag}n{index}", f"emv{self.tag}n{index}"
+        _ip("netns", "add", name)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", self.IFNAME, "netns", name)
+        _ip("link", "set", veth, "master", self.bridge, "up")
+        addr = f"{self.subnet}.{index}"
+        _ip("-n", name, "addr", "add", f"{addr}/24", "dev", self.IFNAME)
+        _ip("-n", name, "link", "set", self.IFNAME, "up")
+        _ip("-n", name, "link", "set", "lo", "up")
+        self.nodes[name], self._veths[name] = addr, veth
+        return name
+
+    def exec_prefix(self, node: str) -> list[str]:
+        return ["ip", "netns", "exec", node]
+
+    def node_env(self, **extra: str) -> dict[str, str]:
+        return env_with_repo(GLOO_SOCKET_IFNAME=self.IFNAME, **extra)
+
+    def pids(self, node: str) -> list[int]:
+        out = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill_node(self, node: str) -> None:
+        """The whole node at once: every process in its namespace, by pid."""
+        for pid in self.pids(node):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def partition(self, node: str) -> None:
+        _ip("link", "set", self._veths[node], "down")
+
+    def close(self) -> None:
+        for node in self.nodes:
+            self.kill_node(node)
+            subprocess.run(["ip", "netns", "del", node], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)

@@ -1,0 +1,56 @@
+"""Fixtures for the elasticity tests: network-namespace clusters and a real etcd server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.integration.cluster import Cluster, Job, free_port, netns_available, wait_for
+
+
+@pytest.fixture
+def cluster():
+    reason = netns_available()
+    if reason:
+        pytest.skip(reason)
+    made = Cluster()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="session")
+def etcd_binary() -> str:
+    """Debian's etcd 3.4 (it still serves the v2 API); installed here when missing."""
+    found = shutil.which("etcd")
+    if found is None:
+        if shutil.which("apt-get") is None:
+            pytest.skip("etcd is not installed and apt-get is not available to install it")
+        subprocess.run(["apt-get", "install", "-y", "-q", "etcd-server"], check=True,
+                       capture_output=True, env={"DEBIAN_FRONTEND": "noninteractive",
+                                                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        found = shutil.which("etcd")
+    assert found, "etcd-server installed but no `etcd` on PATH"
+    return found
+
+
+@pytest.fixture
+def etcd(cluster, etcd_binary, tmp_path):
+    """An etcd with the v2 API on the cluster's host address; yields its `host:port`."""
+    host = cluster.host_addr
+    client, peer = free_port(host), free_port(host)
+    job = Job([etcd_binary, "--enable-v2", "--name", "eml", "--data-dir", str(tmp_path / "etcd"),
+               "--listen-client-urls", f"http://{host}:{client}",
+               "--advertise-client-urls", f"http://{host}:{client}",
+               "--listen-peer-urls", f"http://{host}:{peer}",
+               "--initial-advertise-peer-urls", f"http://{host}:{peer}",
+               "--initial-cluster", f"eml=http://{host}:{peer}"],
+              tmp_path / "etcd.log", env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"})
+    try:
+        wait_for(lambda: "ready to serve client requests" in job.output(), 30, "etcd to start")
+        yield f"{host}:{client}"
+    finally:
+        job.stop()
