@@ -55,6 +55,28 @@ def train(
     raise typer.Exit(run_training(request))
 
 
+@app.command("eval", context_settings={"allow_interspersed_args": True})
+def eval_checkpoint(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint .pt file, or a run directory "
+                                                   "(its newest good checkpoint).")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="key=value overrides of data options, e.g. trainer.device=cpu (not model.*)")] = None,
+    split: Annotated[str, typer.Option(help="val, test or train.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout: "
+                                          "checkpoint, step, split, metrics.")] = False,
+    nproc: Annotated[int, typer.Option(help="Score the split in N processes.")] = 1,
+) -> None:
+    """Score a checkpoint on a held-out split with the recipe stored inside it."""
+    from elasticml.evaluate import EvalRequest, run_eval
+
+    try:
+        code = run_eval(EvalRequest(checkpoint, split, overrides or [], as_json, nproc))
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    raise typer.Exit(code)
+
+
 @recipes_app.callback()
 def recipes(ctx: typer.Context) -> None:
     """List the bundled recipes with their one-line descriptions."""

@@ -3,6 +3,10 @@
 The trainer owns the loop; a task owns everything that depends on the data. Data lives in
 memory as tensors (`Split`), indexed by global sample ids, so the elastic sampler can hand any
 rank any slice of the global order without a DataLoader.
+
+Evaluation is sharded the same way: each process scores its `Shard` of a split and the task's
+torchmetrics objects combine their states across processes on `compute`, so the numbers do not
+depend on how many processes took part.
 """
 
 from __future__ import annotations
@@ -22,16 +26,38 @@ class Split:
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
 
-    def take(self, ids: torch.Tensor, device: torch.device | str = "cpu") -> dict:
+    def take(self, ids: torch.Tensor,
+             device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         batch = {name: tensor[ids] for name, tensor in self.tensors.items()}
         batch["index"] = ids
         if str(device) != "cpu":
             batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
         return batch
 
-    def batches(self, size: int, device: torch.device | str = "cpu"):
-        for start in range(0, len(self), size):
-            yield self.take(torch.arange(start, min(start + size, len(self))), device)
+    def batches(self, size: int, device: torch.device | str = "cpu",
+                ids: torch.Tensor | None = None):
+        """Consecutive batches of `ids` (default: the whole split, in order)."""
+        ids = torch.arange(len(self)) if ids is None else ids
+        for start in range(0, len(ids), size):
+            yield self.take(ids[start:start + size], device)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The contiguous block of a split that process `rank` of `world` evaluates."""
+
+    rank: int = 0
+    world: int = 1
+
+    def ids(self, length: int) -> torch.Tensor:
+        base, extra = divmod(length, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return torch.arange(start, start + base + (self.rank < extra))
+
+    @property
+    def distributed(self) -> bool:
+        """Whether metric states must be combined across the process group on `compute`."""
+        return self.world > 1
 
 
 class Task(Protocol):
@@ -48,5 +74,7 @@ class Task(Protocol):
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-sample losses, shape [batch]; the trainer normalises by the global batch."""
 
-    def evaluate(self, model: torch.nn.Module, split: Split, device: torch.device) -> dict:
-        """Metrics of one split: plain floats, plus optional lists (per-class, matrices)."""
+    def evaluate(self, model: torch.nn.Module, split: Split, device: torch.device,
+                 shard: Shard = Shard()) -> dict:
+        """Metrics of one split over all shards: plain floats, plus optional lists
+        (per-class values, matrices). Every process of a sharded evaluation calls it."""

@@ -1,7 +1,8 @@
-"""Classification over in-memory features: shared by the digits task and users' own data.
+"""Classification over in-memory feature vectors: shared by the digits task and users' own data.
 
-Metrics come from torchmetrics: accuracy, macro-F1, per-class precision and recall, and the
-confusion matrix (a list of lists, so events and reports stay plain JSON).
+Features are standardised with the training split's mean and deviation. Metrics come from
+torchmetrics: loss, accuracy, macro-F1, per-class precision and recall, and the confusion
+matrix (a list of lists, so events and reports stay plain JSON).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from elasticml.tasks.base import Split
+from elasticml.tasks.base import Shard, Split
 from elasticml.tasks.models import Reshape, cnn, image_shape, mlp
+
+SPLITS = ("train", "val", "test")
 
 
 def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
@@ -21,24 +24,33 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int):
     return order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
 
 
+def partition(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fraction: float,
+              seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One labelled table cut into the three splits by `split_indices`."""
+    ids = split_indices(len(x), val_fraction, test_fraction, seed)
+    return {name: (x[part], y[part]) for name, part in zip(SPLITS, ids, strict=True)}
+
+
 class ClassificationTask:
     main_metric = "accuracy"
     higher_is_better = True
 
-    def __init__(self, name: str, x: torch.Tensor, y: torch.Tensor, classes: int, recipe,
-                 val_fraction: float, test_fraction: float) -> None:
+    def __init__(self, name: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 classes: int, recipe) -> None:
         self.name, self.classes, self.recipe = name, classes, recipe
-        self.features = x.shape[1]
-        train, val, test = split_indices(len(x), val_fraction, test_fraction, recipe.run.seed)
-        mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
-        x = (x - mean) / std
-        self._splits = {name: Split({"x": x[ids].contiguous(), "y": y[ids].contiguous()})
-                        for name, ids in (("train", train), ("val", val), ("test", test))}
+        train_x = data["train"][0].float()
+        self.features = train_x[0].numel()
+        mean, std = train_x.mean(0), train_x.std(0).nan_to_num(1.0).clamp_min(1e-6)
+        self._splits = {
+            split: Split({"x": ((x.float() - mean) / std).contiguous(),
+                          "y": y.long().contiguous()})
+            for split, (x, y) in data.items()}
 
     def splits(self) -> dict[str, Split]:
         return self._splits
 
     def info(self) -> dict:
+        """What a user's model factory needs to know to build a fitting model."""
         return {"task": self.name, "features": self.features, "classes": self.classes}
 
     def build_model(self) -> nn.Module:
@@ -59,7 +71,9 @@ class ClassificationTask:
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Split, device: torch.device) -> dict:
+    def evaluate(self, model: nn.Module, split: Split, device: torch.device,
+                 shard: Shard = Shard()) -> dict:
+        from torchmetrics import MeanMetric
         from torchmetrics.classification import (
             MulticlassAccuracy,
             MulticlassConfusionMatrix,
@@ -68,22 +82,22 @@ class ClassificationTask:
             MulticlassRecall,
         )
 
+        from elasticml.tasks.metrics import prepare, results
+
         k = self.classes
-        metrics = {
+        metrics = prepare({
+            "loss": MeanMetric(),
             "accuracy": MulticlassAccuracy(k, average="micro"),
             "macro_f1": MulticlassF1Score(k, average="macro"),
             "precision": MulticlassPrecision(k, average="none"),
             "recall": MulticlassRecall(k, average="none"),
             "confusion_matrix": MulticlassConfusionMatrix(k),
-        }
-        losses = []
-        for batch in split.batches(1024, device):
+        }, shard, device)
+        for batch in split.batches(1024, device, shard.ids(len(split))):
             logits = model(batch["x"]).float()
-            losses.append(F.cross_entropy(logits, batch["y"], reduction="sum"))
-            for metric in metrics.values():
-                metric.update(logits.cpu(), batch["y"].cpu())
-        result = {"loss": float(sum(losses) / max(1, len(split)))}
-        for name, metric in metrics.items():
-            value = metric.compute()
-            result[name] = value.item() if value.ndim == 0 else value.tolist()
-        return result
+            for name, metric in metrics.items():
+                if name == "loss":
+                    metric.update(F.cross_entropy(logits, batch["y"], reduction="none"))
+                else:
+                    metric.update(logits, batch["y"])
+        return results(metrics)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elasticml.tasks.classification import ClassificationTask
+from elasticml.tasks.classification import ClassificationTask, partition
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -31,5 +31,6 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 def build(recipe) -> ClassificationTask:
     features, labels = load_digits_arrays()
     task = recipe.task
-    return ClassificationTask("digits", torch.from_numpy(features), torch.from_numpy(labels), 10,
-                              recipe, task.val_fraction, task.test_fraction)
+    data = partition(torch.from_numpy(features), torch.from_numpy(labels), task.val_fraction,
+                     task.test_fraction, recipe.run.seed)
+    return ClassificationTask("digits", data, 10, recipe)

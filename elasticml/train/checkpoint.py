@@ -4,7 +4,8 @@ File format: the `torch.save` bytes of the state, then a 72-byte trailer: `b"EML
 payload's sha256 in hex. A file is written to a temporary
 name, fsynced and renamed, so a reader sees either the old set of files or the new one. On
 load the checksum is verified and the state read with `torch.load(weights_only=True)`; a
-corrupt newest file is skipped for the next newest, with a warning.
+corrupt newest file is skipped for the next newest, with a warning. torch is imported only
+once a file has passed its checksum, so a truncated or foreign file is turned away at once.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 MAGIC = b"EMLCKPT1"
 TRAILER = len(MAGIC) + 64
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
@@ -31,6 +30,8 @@ class CorruptCheckpoint(ValueError):
 
 
 def encode(state: dict) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -43,6 +44,8 @@ def decode(blob: bytes, source: str = "checkpoint") -> dict:
     payload, digest = blob[:-TRAILER], blob[-64:].decode(errors="replace")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CorruptCheckpoint(f"{source}: checksum mismatch (file is corrupt or truncated)")
+    import torch
+
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
@@ -144,6 +147,8 @@ class CheckpointManager:
 
 
 def _to_cpu_copy(state):
+    import torch
+
     if isinstance(state, torch.Tensor):
         return state.detach().to("cpu", copy=True)
     if isinstance(state, dict):

@@ -27,6 +27,7 @@ from elasticml.recipe.load import recipe_to_dict, recipe_to_yaml, training_hash
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.tasks import build_task
+from elasticml.tasks.base import Shard
 from elasticml.telemetry.events import EventLog
 from elasticml.train.batching import plan_batches
 from elasticml.train.checkpoint import CheckpointManager, write_atomically
@@ -243,7 +244,8 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         self.model.eval()
         try:
-            return self.task.evaluate(self.model, self.splits[split], self.device)
+            return self.task.evaluate(self.model, self.splits[split], self.device,
+                                      Shard(self.rank, self.world_size))
         finally:
             self.model.train()
 

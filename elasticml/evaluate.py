@@ -1,0 +1,202 @@
+"""`elasticml eval CHECKPOINT`: score a checkpoint on one split, from the recipe stored inside it.
+
+A checkpoint carries the resolved recipe it was trained with, so eval rebuilds the task and the
+model without the original YAML. `key=value` overrides may change how data is read (a task
+option, the device), never the model: the weights only fit the model they were trained as.
+
+CHECKPOINT is a `.pt` file or a run directory (its newest checkpoint that reads back intact).
+The result is printed (a table, or with `--json` exactly one JSON object on stdout), written to
+`<run>/reports/eval-<split>-step<N>.json` and to the run's TensorBoard. `--nproc N` scores the
+split in N processes, each on its shard; torchmetrics combines their metric states, so the
+numbers are those of a single process.
+
+Every input the user can get wrong (missing, truncated or foreign file, a run without
+checkpoints, an unknown task, a model override) is a `UserError`: one line, exit status 2.
+Those checks come before torch is imported, so they answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elasticml.errors import UserError
+from elasticml.recipe.schema import Recipe
+from elasticml.rundir import RunDir
+
+SPLITS = ("val", "test", "train")
+
+
+@dataclass
+class EvalRequest:
+    checkpoint: str
+    split: str = "test"
+    overrides: list[str] = field(default_factory=list)
+    as_json: bool = False
+    nproc: int = 1
+
+
+@dataclass
+class Source:
+    """A checkpoint that read back intact, and the run directory it belongs to (if any)."""
+
+    path: Path
+    state: dict
+    run_dir: RunDir | None
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+
+@dataclass
+class EvalResult:
+    checkpoint: str
+    step: int
+    split: str
+    metrics: dict
+
+    def as_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint, "step": self.step, "split": self.split,
+                "metrics": self.metrics}
+
+
+def run_eval(request: EvalRequest) -> int:
+    """The whole command: resolve, rebuild, score, keep and show the result."""
+    if request.split not in SPLITS:
+        raise UserError(f"--split: '{request.split}' is not one of {', '.join(SPLITS)}")
+    if request.nproc < 1:
+        raise UserError(f"--nproc: must be >= 1, got {request.nproc}")
+    source = resolve_checkpoint(request.checkpoint)
+    recipe = stored_recipe(source, request.overrides)
+    metrics = score(source, recipe, request.split, request.nproc)
+    result = EvalResult(str(source.path), source.step, request.split, metrics)
+
+    from elasticml.eval_output import print_table, write_report, write_tensorboard
+
+    if source.run_dir is not None:
+        report = write_report(source.run_dir, result)
+        write_tensorboard(source.run_dir, result)
+        _note(f"saved {report} and TensorBoard tags eval/{result.split}/*")
+    else:
+        _note(f"{source.path} is not inside a run directory: the result is only printed")
+    if request.as_json:
+        sys.stdout.write(json.dumps(result.as_dict()) + "\n")
+    else:
+        print_table(result)
+    return 0
+
+
+# --- finding and reading the checkpoint --------------------------------------------------
+
+
+def resolve_checkpoint(target: str) -> Source:
+    """A checkpoint file, or a run directory's newest checkpoint that reads back intact."""
+    from elasticml.train.checkpoint import CheckpointManager, CorruptCheckpoint, read_checkpoint
+
+    path = Path(target).expanduser()
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {target}")
+    if path.is_dir():
+        run = RunDir(path.resolve())
+        folder = run.checkpoints if run.checkpoints.is_dir() else path
+        with warnings.catch_warnings(record=True) as skipped:
+            warnings.simplefilter("always")
+            newest = CheckpointManager(folder).newest()
+        for warning in skipped:
+            _note(str(warning.message))
+        if newest is None:
+            raise UserError(f"{target}: no readable checkpoint (step-N.pt) in {folder}")
+        step, state = newest
+        path = CheckpointManager(folder).path_for(step)
+        _note(f"using the newest good checkpoint of {target}: {path.name} (step {step})")
+    else:
+        try:
+            state = read_checkpoint(path)
+        except CorruptCheckpoint as err:
+            raise UserError(str(err)) from None
+    if not isinstance(state, dict) or not {"model", "recipe", "step"} <= state.keys():
+        raise UserError(f"{path}: not an elasticml training checkpoint (no model, recipe and "
+                        "step inside)")
+    return Source(path.resolve(), state, _run_dir_of(path.resolve()))
+
+
+def _run_dir_of(checkpoint: Path) -> RunDir | None:
+    """`<run>/checkpoints/<file>` -> `<run>`, when that folder is a run directory."""
+    if checkpoint.parent.name != "checkpoints":
+        return None
+    run = RunDir(checkpoint.parent.parent)
+    return run if run.looks_like_a_run() else None
+
+
+def stored_recipe(source: Source, overrides: list[str]) -> Recipe:
+    """The recipe inside the checkpoint, with the user's data-side overrides applied."""
+    from elasticml.recipe.load import load_recipe
+
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "model" or key.startswith("model."):
+            raise UserError(f"{key}: the model cannot be changed at eval; the weights were "
+                            "trained for the model stored in the checkpoint")
+    stored = source.state["recipe"]
+    if not isinstance(stored, dict):
+        raise UserError(f"{source.path}: the recipe inside is not a mapping")
+    try:
+        return load_recipe(stored, overrides)
+    except UserError as err:
+        raise UserError(f"{source.path}: recipe inside the checkpoint: {err}") from None
+
+
+# --- scoring -------------------------------------------------------------------------------
+
+
+def score(source: Source, recipe: Recipe, split: str, nproc: int) -> dict:
+    if nproc == 1:
+        return score_shard(source.state, recipe, split)
+    from elasticml.eval_parallel import score_in_processes
+
+    return score_in_processes(source.path, recipe, split, nproc)
+
+
+def score_shard(state: dict, recipe: Recipe, split: str, rank: int = 0, world: int = 1,
+                device=None) -> dict:
+    """Rebuild task and model, load the weights, and score this process's shard of `split`."""
+    import torch
+
+    from elasticml.tasks import build_task
+    from elasticml.tasks.base import Shard
+
+    device = device or eval_device(recipe)
+    task = build_task(recipe)
+    torch.manual_seed(recipe.run.seed)
+    model = task.build_model()
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1].strip()
+        raise UserError(f"the checkpoint's weights do not fit the model this recipe builds "
+                        f"(did an override change the data's shape?): {first}") from None
+    model.to(device).eval()
+    with torch.no_grad():
+        return task.evaluate(model, task.splits()[split], device, Shard(rank, world))
+
+
+def eval_device(recipe: Recipe, index: int = 0):
+    """CUDA when the recipe allows it and one is visible, else CPU: a checkpoint trained on
+    GPUs scores on a laptop, and `trainer.device=cuda` insists on a GPU."""
+    import torch
+
+    choice = recipe.trainer.device
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no CUDA device is visible")
+    if choice != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", index % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def _note(message: str) -> None:
+    """Progress notes go to stderr: with `--json`, stdout holds the result and nothing else."""
+    print(message, file=sys.stderr)
