@@ -21,6 +21,7 @@ worker: start {rank, local_rank, world_size, restart_count, step}
         eval {step, split, metrics}
         checkpoint {step, path, seconds, reason: periodic | failure | final | best}
         error {rank, message, traceback}
+        compiled {seconds}   (first step with trainer.compile: compile time, reported apart)
         warning {message}   (e.g. a corrupt checkpoint skipped)
         done {step, metrics}
 """

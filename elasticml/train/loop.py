@@ -170,7 +170,10 @@ class Trainer:
                 self._save_last_completed(reason="signal")
                 raise StopRequested
             self.faults.before_step(self.step)
+            started = time.perf_counter()
             loss_sum, count = self.train_step()
+            if trainer.compile and self.step == resumed_at:  # compilation happens in step one
+                self.events.emit("compiled", seconds=round(time.perf_counter() - started, 3))
             self.step += 1
             self.progress.write(self.step)
             if self._before is not None:
