@@ -240,7 +240,7 @@ def _recipe(run: RunDir, events: list) -> dict:
         "optimizer": get("optimizer", "name"), "lr": get("optimizer", "lr"),
         "schedule": get("schedule", "name"), "max_steps": get("trainer", "max_steps"),
         "global_batch_size": get("trainer", "global_batch_size"),
-        "nnodes": get("elastic", "nnodes") or launch.get("nnodes"),
+        "nnodes": launch.get("nnodes") or get("elastic", "nnodes"),
         "nproc_per_node": get("elastic", "nproc_per_node") or launch.get("nproc_per_node"),
         "max_restarts": get("elastic", "max_restarts"),
         "rdzv_backend": launch.get("backend"),

@@ -136,7 +136,7 @@ class Incidents:
     def _on_launch(self, event: Event) -> list:
         self._launches += 1
         self._faults.clear()
-        if self._launches > 1 and self._open is None:
+        if self._launches > 1:
             return self._open_recovery(event["t"], "relaunch")
         return []
 
@@ -168,13 +168,10 @@ class Incidents:
         return [failure, *self._open_recovery(failure.t, "hang")]
 
     def _on_restart(self, event: Event) -> list:
-        created: list = []
         if not self._restart_counted:
             self.restarts += 1
             self._restart_counted = True
-        if self._open is None:
-            created = self._open_recovery(event["t"], event.get("cause") or "failure")
-        return created
+        return self._open_recovery(event["t"], event.get("cause") or "failure")
 
     def _on_rendezvous(self, event: Event) -> list:
         self._group, self._restart_counted = None, False
