@@ -29,7 +29,7 @@ from elasticml.telemetry.incidents import Change, Failure, Incidents, Recovery
 
 NOTABLE = {"warning", "rendezvous", "resume", "checkpoint", "eval", "error", "done",
            "agent_done", "fault", "hang"}
-ALWAYS = {"agent_done", "error", "hang"}
+ALWAYS = {"agent_done"}  # failures and errors are summed up by their `failure` line
 HIDDEN = {"t", "kind", "role", "pid", "traceback", "command", "pids", "node", "local_rank",
           "restart_count", "shares", "stacks"}
 Record = Failure | Recovery | Change
@@ -188,6 +188,9 @@ class LiveConsole:
             records = self.progress.fold(event)
             shown = _wanted(event, self.quiet, self.verbose) if self.live is None else (
                 self.verbose or event["kind"] in ALWAYS)
+            if self.live is not None or self.quiet:  # the panel shows the starting world size
+                records = [r for r in records if not (isinstance(r, Change) and
+                                                      r.kind == "start")]
             for line in [plain_line(event) if shown else None, *map(record_line, records)]:
                 self._say(line)
         if self.live:

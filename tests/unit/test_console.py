@@ -61,3 +61,21 @@ def test_eta_from_recent_steps():
                        "loss": 1.0, "lr": 0.1, "world_size": 2})
     assert abs(progress.eta_s() - 5.0) < 1e-6
     assert plain_line({"t": 0, "kind": "step", "step": 1, "loss": None}).startswith("step=1/?")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_mode_draws_the_panel_and_prints_incidents_above_it(tmp_path):
+    run = crash_and_join_run(tmp_path)
+    out = _Terminal()
+    with LiveConsole(Progress("story", node="vm"), stream=out) as console:
+        assert console.live is not None
+        console.feed(read_events(run.path / "events"))
+    text = out.getvalue()
+    assert "elasticml · story · vm" in text and "100 / 100" in text
+    assert "world size    4  (2 nodes: vm)" in text
+    assert "failure step=30 rank=1" in text and "membership change=join" in text
+    assert "step=" not in text  # no per-step lines under the live panel
