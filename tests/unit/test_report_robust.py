@@ -93,3 +93,13 @@ def _slowness() -> float:
     """1 on an idle machine; more when other work shares the cores (a loaded CI runner)."""
     load = os.getloadavg()[0] / max(1, os.cpu_count() or 1)
     return max(1.0, min(3.0, load))
+
+
+def test_report_does_not_import_torch(tmp_path):
+    run = SynthRun(tmp_path, "light").launch().generation().train(5).finish()
+    code = ("import sys\nfrom elasticml.cli import main\n"
+            f"sys.argv = ['elasticml', 'report', {str(run.path)!r}, '--html', "
+            f"{str(tmp_path / 'r.html')!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
