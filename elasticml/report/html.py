@@ -79,6 +79,8 @@ def chart(points: list[tuple[float, float]], title: str, markers: list[tuple[flo
         y_min, y_max = y_min - 1, y_max + 1
     pad = (y_max - y_min) * 0.08
     y_min, y_max = (y_min if zero else y_min - pad), (y_max + 1 if steps else y_max + pad)
+    if min(values) >= 0:
+        y_min = max(0.0, y_min)
 
     def x(t: float) -> float:
         return LEFT + (W - LEFT - RIGHT) * t / x_max
@@ -102,11 +104,13 @@ def chart(points: list[tuple[float, float]], title: str, markers: list[tuple[flo
                    f"stroke='{colour}' stroke-dasharray='4 3'><title>{_e(label)}</title></line>")
         svg.append(f"<path d='M{x(t) - 5:.1f},{TOP - 1} h10 l-5,7 z' fill='{colour}'>"
                    f"<title>{_e(label)}</title></path>")
-    path = []
+    path, gaps = [], [t for t, _, _ in markers]
     for i, (t, v) in enumerate(points):
         if steps and i:
             path.append(f"H{x(t):.1f}")
-        path.append(f"{'L' if i else 'M'}{x(t):.1f},{y(v):.1f}")
+        # no line across a failure or membership change: the run was down in between
+        broken = not steps and i and any(points[i - 1][0] < g <= t for g in gaps)
+        path.append(f"{'L' if i and not broken else 'M'}{x(t):.1f},{y(v):.1f}")
     svg.append(f"<path d='{' '.join(path)}' fill='none' stroke='#1f77b4' stroke-width='1.6'/>")
     if len(points) <= 60 or steps:
         svg.extend(f"<circle cx='{x(t):.1f}' cy='{y(v):.1f}' r='2.2' fill='#1f77b4'/>"
