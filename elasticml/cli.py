@@ -114,6 +114,45 @@ def recipes_keys(
         console.print(table)
 
 
+RunArgs = Annotated[list[str] | None, typer.Argument(
+    help="Run ids (under the run root) or run dirs; default: the latest run. Two or more are "
+         "compared side by side.", show_default=False)]
+RunRoot = Annotated[str | None, typer.Option("--run-dir", help="Run root [default: runs].")]
+
+
+@app.command()
+def report(
+    runs: RunArgs = None,
+    run_dir: RunRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object instead.")] = False,
+    html: Annotated[str | None, typer.Option(help="Also write a self-contained HTML page with "
+                                                  "plots to this file.")] = None,
+    list_runs: Annotated[bool, typer.Option("--list", help="List the runs under the run root "
+                                                           "(same as `elasticml runs`).")] = False,
+) -> None:
+    """What happened in a run: restarts and causes, membership, downtime, throughput, metrics."""
+    from elasticml.report import report as build_report
+    from elasticml.report import runs_table
+
+    if list_runs:
+        print(runs_table(run_dir, as_json))
+        return
+    print(build_report(runs or [], run_dir, as_json, html))
+    if html:
+        print(f"wrote {html}", file=sys.stderr)
+
+
+@app.command()
+def runs(
+    run_dir: RunRoot = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """List the runs under the run root: status, steps, best metric, when, newest first."""
+    from elasticml.report import runs_table
+
+    print(runs_table(run_dir, as_json))
+
+
 def main() -> None:
     try:
         app()

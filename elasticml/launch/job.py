@@ -79,7 +79,7 @@ def train(request: TrainRequest) -> int:
     events = EventLog(run_dir.events, "agent")
     progress = Progress(run_id=plan.run_id, node=events.node)
     with LiveConsole(progress, quiet=request.quiet, verbose=request.verbose) as console:
-        follower = _Follower(run_dir, console)
+        follower = _Follower(run_dir, console, recipe_to_yaml(recipe))
         follower.start()
         try:
             outcome = launch(plan, events)
@@ -111,7 +111,7 @@ def train(request: TrainRequest) -> int:
 class _Follower(threading.Thread):
     """Tails the run's events into the live console and TensorBoard."""
 
-    def __init__(self, run_dir: RunDir, console) -> None:
+    def __init__(self, run_dir: RunDir, console, recipe_yaml: str) -> None:
         super().__init__(daemon=True, name="event-follower")
         from elasticml.telemetry.events import EventTail
         from elasticml.telemetry.tensorboard import TensorBoardSink
@@ -119,7 +119,7 @@ class _Follower(threading.Thread):
         self.console = console
         self.tail = EventTail(run_dir.events)
         self.tail.poll()  # earlier launches of this run are history, not news
-        self.board = TensorBoardSink(run_dir.tensorboard, run_dir.events)
+        self.board = TensorBoardSink(run_dir.tensorboard, run_dir.events, recipe_yaml)
         self._halt = threading.Event()
 
     def run(self) -> None:
