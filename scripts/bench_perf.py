@@ -11,7 +11,8 @@ minimum, median and maximum over the repeats:
 * launch -> first training step: one node, and `--nnodes 1:2` with only one node coming, vs
   `torchrun --standalone` running the baseline;
 * checkpoint stall per save (time the loop is blocked), asynchronous vs synchronous writes;
-* CLI responsiveness: `elasticml --help` and `train --dry-run` (absolute seconds);
+* CLI responsiveness: `elasticml --help`, `train --dry-run` and `report` on a 100k-step run
+  (absolute seconds, interpreter start included);
 * scaling: samples/s with 1 and 2 workers on this machine.
 """
 
@@ -94,6 +95,17 @@ def timed(command: list[str], work: Path) -> float:
     return time.perf_counter() - started
 
 
+def synthetic_long_run(work: Path) -> Path:
+    """A 100k-step run's event log (every step logged, a crash midway), ~30 MB."""
+    sys.path.insert(0, str(ROOT))
+    from tests.synth import SynthRun
+
+    run = SynthRun(work / "synthetic", "long", total_steps=100_000).launch().generation()
+    run.train(40_000).checkpoint().crash(rank=1)
+    run.generation().train(60_000).finish()
+    return run.path
+
+
 def spread(values: list[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
 
@@ -125,6 +137,7 @@ def main() -> None:
             row["ratio"].append(ours / theirs)
 
     work = Path(tempfile.mkdtemp(prefix="elasticml-bench-"))
+    long_run = synthetic_long_run(work)
     try:
         for repeat in range(args.repeats):
             print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
@@ -161,6 +174,8 @@ def main() -> None:
                 None)
             add("CLI: train --dry-run (s)", timed([PYTHON, "-m", "elasticml", "train",
                                                     args.recipe, "--dry-run"], work), None)
+            add("CLI: report --json, 100k-step run (s)",
+                timed([PYTHON, "-m", "elasticml", "report", str(long_run), "--json"], work), None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
