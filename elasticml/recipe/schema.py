@@ -93,9 +93,13 @@ class CustomTask:
 
     name: str = "custom"
     factory: str | None = None
-    """`module:function` returning a dict with `train`, `val`, `test` splits (see README)."""
+    """`module:function` or `path/to/file.py:function` returning `(x, y)` or a dict with
+    `train`, `val`, `test` splits, each `(x, y)` (see docs/workloads.md)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the factory."""
     path: str | None = None
-    """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`)."""
+    """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`), relative
+    to the directory elasticml runs in."""
     label: str | None = None
     """Name of the label column in a CSV file."""
     val_fraction: float = 0.15
@@ -147,7 +151,8 @@ class TransformerModel:
 class CustomModel:
     name: str = "custom"
     factory: str = ""
-    """`module:function(task_info: dict) -> torch.nn.Module`."""
+    """`module:function` or `file.py:function`, called as `function(info, **options)` with
+    `info = {"task", "features", "classes"}`; returns a `torch.nn.Module`."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the factory."""
 
