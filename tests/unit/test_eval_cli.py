@@ -46,7 +46,8 @@ def test_json_output_is_exactly_the_result(tmp_path):
     body = json.loads(result.stdout)
     assert list(body) == ["checkpoint", "step", "split", "metrics"]
     assert body["step"] == 5 and body["split"] == "val"
-    assert {"accuracy", "macro_f1", "precision", "recall", "confusion_matrix"} <= set(body["metrics"])
+    expected = {"accuracy", "macro_f1", "precision", "recall", "confusion_matrix"}
+    assert expected <= set(body["metrics"])
     assert sum(map(sum, body["metrics"]["confusion_matrix"])) == 270  # the whole val split
     saved = json.loads((run / "reports" / "eval-val-step5.json").read_text())
     assert saved == body
