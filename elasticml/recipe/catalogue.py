@@ -12,9 +12,11 @@ from elasticml.recipe.load import recipe_dirs
 
 
 def bundled() -> dict[str, Path]:
+    """Recipe name (file stem) -> file; top-level recipes first, then subfolders."""
     found: dict[str, Path] = {}
     for root in recipe_dirs():
-        for path in sorted(root.glob("**/*.yaml")):
+        paths = root.glob("**/*.yaml")
+        for path in sorted(paths, key=lambda p: (len(p.relative_to(root).parts), str(p))):
             found.setdefault(path.stem, path)
     return found
 
@@ -28,7 +30,7 @@ def description(path: Path) -> str:
 
 
 def print_catalogue() -> None:
-    table = Table("recipe", "description", "file", box=None)
+    table = Table("recipe", "description", box=None)
     for name, path in bundled().items():
-        table.add_row(name, description(path), str(path))
+        table.add_row(name, description(path))
     Console().print(table)

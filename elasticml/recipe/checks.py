@@ -132,10 +132,49 @@ def _check_task(recipe: Recipe) -> list[Problem]:
     if task.name == "custom" and bool(task.path) == bool(task.factory):
         problems.append(("task.path", "a custom task needs exactly one of task.path and "
                                       "task.factory"))
-    if recipe.model.name == "custom" and ":" not in recipe.model.factory:
-        problems.append(("model.factory", "needs 'module:function'"))
-    if task.name == "custom" and task.factory and ":" not in task.factory:
-        problems.append(("task.factory", "needs 'module:function'"))
+    if recipe.model.name == "custom":
+        _check_code(problems, "model.factory", recipe.model.factory)
+    if task.name == "custom" and task.factory:
+        _check_code(problems, "task.factory", task.factory)
+    if task.name == "recsys":
+        problems += _check_recsys(task)
+    if task.name == "sequence":
+        problems += _check_sequence(task)
+    return problems
+
+
+def _check_code(problems: list[Problem], key: str, spec: str) -> None:
+    """The user's function can be found (its module is not run here)."""
+    from elasticml.tasks.user_code import problem
+
+    reason = problem(spec)
+    if reason:
+        problems.append((key, reason))
+
+
+def _check_recsys(task) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in ("users", "items", "clusters", "negatives", "top_k"):
+        _positive(problems, f"task.{key}", getattr(task, key))
+    if not 3 <= task.interactions_per_user <= task.items:
+        problems.append(("task.interactions_per_user", "must be between 3 (one each for "
+                         f"training, validation and test) and task.items ({task.items})"))
+    if not 0 <= task.affinity <= 1:
+        problems.append(("task.affinity", f"must be between 0 and 1, got {task.affinity}"))
+    _positive(problems, "task.popularity", task.popularity, allow_zero=True)
+    if task.loss not in ("softmax", "bpr"):
+        problems.append(("task.loss", f"'{task.loss}' is not one of softmax, bpr"))
+    return problems
+
+
+def _check_sequence(task) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in ("vocab", "samples", "lag"):
+        _positive(problems, f"task.{key}", getattr(task, key))
+    if task.length <= task.lag + 1:
+        problems.append(("task.length", f"must be larger than task.lag + 1 ({task.lag + 1})"))
+    if not 0 <= task.noise < 1:
+        problems.append(("task.noise", f"must be in [0, 1), got {task.noise}"))
     return problems
 
 

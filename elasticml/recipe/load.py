@@ -38,9 +38,11 @@ def find_recipe(name_or_path: str) -> Path:
     if path.is_dir():
         raise UserError(f"{name_or_path} is a directory; give a recipe .yaml file")
     stem = path.name.removesuffix(".yaml")
-    if len(path.parts) == 1 or path.parts[0] == "recipes":
+    inside = Path(*path.parts[1:]) if path.parts and path.parts[0] == "recipes" else path
+    if not path.is_absolute():  # `digits`, `custom/spirals`, `recipes/custom/spirals.yaml`
         for root in recipe_dirs():
-            for candidate in (root / f"{stem}.yaml", *root.glob(f"**/{stem}.yaml")):
+            for candidate in (root / inside.parent / f"{stem}.yaml",
+                              *root.glob(f"**/{stem}.yaml")):
                 if candidate.is_file():
                     return candidate
     raise UserError(

@@ -45,7 +45,7 @@ class DigitsTask:
 
 @dataclass
 class RecsysTask:
-    """Implicit feedback generated with planted user/item structure (see tasks/recsys.py)."""
+    """Implicit feedback generated with planted user/item structure (see tasks/recsys_data.py)."""
 
     name: str = "recsys"
     users: int = 2000
@@ -53,20 +53,38 @@ class RecsysTask:
     clusters: int = 20
     """Latent taste groups: users mostly interact with items of their own group."""
     interactions_per_user: int = 40
+    """Distinct items per user; one goes to validation, one to test, the rest to training."""
     affinity: float = 0.8
     """Probability that an interaction falls in the user's own group (the rest is popularity)."""
+    popularity: float = 1.0
+    """Zipf exponent of item popularity (0 = all items equally popular)."""
+    negatives: int = 16
+    """Sampled negative items per training interaction (fixed per interaction and seed)."""
+    loss: str = "softmax"
+    """softmax (sampled softmax over the positive and its negatives) | bpr"""
     top_k: int = 10
     """k of recall@k, NDCG@k and hit rate@k."""
 
 
 @dataclass
 class SequenceTask:
-    """Next-token prediction on generated sequences with a learnable rule (throughput workload)."""
+    """Next-token prediction on generated sequences with a learnable rule (throughput workload).
+
+    Token t is `perm[token t - lag]` for a fixed random permutation `perm`, except with
+    probability `noise` where it is drawn uniformly: a model must learn the permutation and to
+    look `lag` positions back; the best possible accuracy is about `1 - noise`.
+    """
 
     name: str = "sequence"
     vocab: int = 256
     length: int = 64
     samples: int = 20000
+    lag: int = 2
+    """How far back the token that decides the next one is."""
+    noise: float = 0.1
+    """Share of tokens drawn at random instead of by the rule."""
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
 
 
 @dataclass
@@ -75,9 +93,13 @@ class CustomTask:
 
     name: str = "custom"
     factory: str | None = None
-    """`module:function` returning a dict with `train`, `val`, `test` splits (see README)."""
+    """`module:function` or `path/to/file.py:function` returning `(x, y)` or a dict with
+    `train`, `val`, `test` splits, each `(x, y)` (see docs/workloads.md)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments passed to the factory."""
     path: str | None = None
-    """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`)."""
+    """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`), relative
+    to the directory elasticml runs in."""
     label: str | None = None
     """Name of the label column in a CSV file."""
     val_fraction: float = 0.15
@@ -129,7 +151,8 @@ class TransformerModel:
 class CustomModel:
     name: str = "custom"
     factory: str = ""
-    """`module:function(task_info: dict) -> torch.nn.Module`."""
+    """`module:function` or `file.py:function`, called as `function(info, **options)` with
+    `info = {"task", "features", "classes"}`; returns a `torch.nn.Module`."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments passed to the factory."""
 

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from elasticml.recipe.schema import CNNModel, MLPModel
+from elasticml.recipe.schema import CNNModel, MLPModel, TransformerModel
 
 
 def mlp(config: MLPModel, inputs: int, outputs: int) -> nn.Module:
@@ -59,3 +59,50 @@ class Reshape(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(x.shape[0], *self.shape)
+
+
+class MatrixFactorization(nn.Module):
+    """Users and items as `dim`-vectors plus an item bias; a score is their dot product.
+
+    `forward(users [B], items [B, n]) -> [B, n]` scores candidate lists for the loss;
+    `score_all(users [B]) -> [B, items]` ranks the whole catalogue for evaluation.
+    """
+
+    def __init__(self, users: int, items: int, dim: int) -> None:
+        super().__init__()
+        self.user = nn.Embedding(users, dim)
+        self.item = nn.Embedding(items, dim)
+        self.bias = nn.Embedding(items, 1)
+        for table in (self.user, self.item):
+            nn.init.normal_(table.weight, std=dim ** -0.5)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.user(users)[:, None, :] * self.item(items)).sum(-1) + \
+            self.bias(items).squeeze(-1)
+
+    def score_all(self, users: torch.Tensor) -> torch.Tensor:
+        return self.user(users) @ self.item.weight.T + self.bias.weight.T
+
+
+class CausalTransformer(nn.Module):
+    """A small decoder-only transformer: token + learned position embeddings, pre-norm blocks
+    with a causal mask, a final LayerNorm and a linear head. `[B, T] -> logits [B, T, vocab]`."""
+
+    def __init__(self, config: TransformerModel, vocab: int, length: int) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, config.dim)
+        self.positions = nn.Parameter(torch.randn(length, config.dim) * 0.02)
+        block = nn.TransformerEncoderLayer(config.dim, config.heads, config.dim * config.ff_mult,
+                                           dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, config.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.dim)
+        self.head = nn.Linear(config.dim, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        length = tokens.shape[1]
+        x = self.tokens(tokens) + self.positions[:length]
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=tokens.device)
+        x = self.blocks(x, mask=mask, is_causal=True)
+        return self.head(self.norm(x))
