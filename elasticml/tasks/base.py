@@ -34,6 +34,14 @@ class Split:
             batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
         return batch
 
+    def subset(self, limit: int, seed: int) -> Split:
+        """At most `limit` rows, a fixed random choice: a cheap, stable view of a large split."""
+        if len(self) <= limit:
+            return self
+        rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
+        rows = rows.sort().values
+        return Split({name: tensor[rows] for name, tensor in self.tensors.items()})
+
     def batches(self, size: int, device: torch.device | str = "cpu",
                 ids: torch.Tensor | None = None):
         """Consecutive batches of `ids` (default: the whole split, in order)."""

@@ -39,6 +39,8 @@ from elasticml.train.sample_log import SampleLog
 from elasticml.train.sampler import ElasticSampler
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
+TRAIN_REPORT_ROWS = 4096
+"""The end-of-run training report scores at most this many training rows."""
 
 
 class StopRequested(Exception):
@@ -245,9 +247,12 @@ class Trainer:
     # --- validation, checkpoints, the end ----------------------------------------------
 
     def evaluate(self, split: str) -> dict:
+        data = self.splits[split]
+        if split == "train":  # the training report: a fixed sample, not a second epoch
+            data = data.subset(TRAIN_REPORT_ROWS, self.recipe.run.seed)
         self.model.eval()
         try:
-            return self.task.evaluate(self.model, self.splits[split], self.device,
+            return self.task.evaluate(self.model, data, self.device,
                                       Shard(self.rank, self.world_size))
         finally:
             self.model.train()
