@@ -101,3 +101,40 @@ def test_losing_rank_zeros_node_leaves_the_survivor_training(cluster, store, req
     last_before = max(e["step"] for e in of_kind(events, "step") if e["world_size"] == 2)
     assert resumed["step"] >= last_before and resumed["steps_lost"] == 0
     assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
+
+
+def test_a_partitioned_node_is_left_behind_and_nothing_hangs(cluster, store, tmp_path):
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true",
+                   "elastic.collective_timeout=5")
+    try:
+        a, b = nodes.start(), nodes.start()
+        _stepping(nodes, a, 5, world_size=2)
+        cut = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+        survivor = b if cut == a else a
+        cluster.partition(cut)
+        assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events(survivor)
+    assert [e["world_size"] for e in of_kind(events, "membership")] == [1]
+    [resumed] = [e for e in of_kind(events, "resume") if e["world_size"] == 1]
+    assert resumed["steps_lost"] == 0
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
+
+
+def test_a_node_with_another_recipe_is_refused_and_the_job_goes_on(cluster, store, tmp_path):
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true")
+    try:
+        first = nodes.start()
+        _stepping(nodes, first, 5)
+        odd = nodes.start("optimizer.lr=0.1")
+        assert nodes.jobs[odd].wait(60) == 2
+        assert "refused" in nodes.jobs[odd].output()
+        assert nodes.jobs[first].wait(240) == 0, nodes.jobs[first].output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events(first)
+    assert not of_kind(events, "membership") and not of_kind(events, "restart")
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
