@@ -21,6 +21,9 @@ app = typer.Typer(
 )
 recipes_app = typer.Typer(help="List and show the bundled recipes.", invoke_without_command=True)
 app.add_typer(recipes_app, name="recipes")
+rendezvous_app = typer.Typer(help="Rendezvous helpers for multi-node jobs.",
+                             no_args_is_help=True)
+app.add_typer(rendezvous_app, name="rendezvous")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. "
                                                             "trainer.max_steps=200")]
@@ -151,6 +154,22 @@ def runs(
     from elasticml.report import runs_table
 
     print(runs_table(run_dir, as_json))
+
+
+@rendezvous_app.command("serve")
+def rendezvous_serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (one every node reaches).")],
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 picks a free one.")] = 29400,
+) -> None:
+    """Serve a standalone c10d rendezvous store, so that no training node hosts it."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: not a TCP port")
+    from elasticml.launch.store import serve
+
+    try:
+        serve(host, port)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"cannot serve on {host}:{port}: {err}") from None
 
 
 def main() -> None:

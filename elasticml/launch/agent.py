@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
@@ -103,9 +103,10 @@ class ObservingAgent(LocalElasticAgent):
         result = super()._monitor_workers(worker_group)
         if result.state == WorkerState.HEALTHY and self.watchdog is not None:
             for hung in self.watchdog.check(worker_group.workers):
-                self.events.emit("hang", rank=hung.rank, local_rank=hung.local_rank,
-                                 seconds=hung.seconds, step=hung.step, stacks=hung.stacks)
-                self._cause = {"cause": "hang", "failed_rank": hung.rank, "node": self.node}
+                self.events.emit("hang", node=self.node, **asdict(hung))
+                if hung.killed:
+                    self._cause = {"cause": "hang", "failed_rank": hung.rank,
+                                   "local_rank": hung.local_rank, "node": self.node}
         if result.state == WorkerState.FAILED:
             described = [describe_failure(rank, f) for rank, f in result.failures.items()]
             for info in described:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticml.recipe.checks import parse_nnodes
+from elasticml.recipe.load import training_hash
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.train.batching import BatchPlan, plans_for_sizes
@@ -138,13 +139,17 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
 
 def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
     rdzv = recipe.elastic.rdzv
-    return {
+    configs = {
         "join_timeout": _num(rdzv.join_timeout),
         "last_call_timeout": _num(rdzv.last_call),
         "close_timeout": _num(rdzv.close_timeout),
         "keep_alive_interval": _num(rdzv.heartbeat),
         "keep_alive_max_attempt": str(rdzv.heartbeat_misses),
+        "training_hash": training_hash(recipe),
     }
+    if rdzv.standalone_store:
+        configs["is_host"] = "0"
+    return configs
 
 
 def _environment(recipe: Recipe) -> dict[str, str]:

@@ -7,8 +7,13 @@ storage backends and differ in one way: every timing is read as a float, so a he
 default to 5 s heartbeats and a 30 s last call).
 
 Configuration keys (`--rdzv-conf` or `RendezvousParameters`): join_timeout,
-last_call_timeout, close_timeout, keep_alive_interval, keep_alive_max_attempt, plus the
-storage backend's own (is_host, read_timeout, protocol, ...).
+last_call_timeout, close_timeout, keep_alive_interval, keep_alive_max_attempt,
+training_hash, plus the storage backend's own (is_host, read_timeout, protocol, ...).
+
+`training_hash` makes the handler a `RecipeGuard`: before a node takes part in any round it
+compares the hash of its resolved recipe (`recipe.load.training_hash`) with the one the run
+was started with, kept in the rendezvous store under the run id. A node with another recipe
+is refused before it joins, so the running nodes never see it and carry on.
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ def create_handler(params):
         keep_alive_interval=float(params.get("keep_alive_interval", 1)),
         keep_alive_max_attempt=int(params.get("keep_alive_max_attempt", 2)),
     )
-    return handler
+    expected = params.get("training_hash")
+    if not expected:
+        return handler
+    from elasticml.launch.recipe_guard import RecipeGuard
+
+    return RecipeGuard(handler, store, params.run_id, expected)
 
 
 def _storage(params):

@@ -117,6 +117,9 @@ def _check_elastic(recipe: Recipe) -> list[Problem]:
         problems.append(("elastic.rdzv.endpoint", f"'{e.rdzv.endpoint}' is not HOST:PORT"))
     if e.rdzv.backend == "etcd-v2" and not e.rdzv.endpoint:
         problems.append(("elastic.rdzv.endpoint", "etcd-v2 needs the etcd server's HOST:PORT"))
+    if e.rdzv.standalone_store and (e.rdzv.backend != "c10d" or not e.rdzv.endpoint):
+        problems.append(("elastic.rdzv.standalone_store", "needs backend c10d and the endpoint "
+                                                          "of `elasticml rendezvous serve`"))
     return problems
 
 
@@ -187,4 +190,5 @@ def _check_faults(recipe: Recipe) -> list[Problem]:
                                                     f"faults.{what}_step"))
         _positive(problems, f"faults.{what}_rank", rank, allow_zero=True)
         _positive(problems, f"faults.{what}_step", step)
+    _positive(problems, "faults.step_delay", f.step_delay, allow_zero=True)
     return problems

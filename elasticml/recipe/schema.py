@@ -241,9 +241,15 @@ class RendezvousConfig:
     """Once the minimum is there, wait this long for more nodes before starting."""
     heartbeat: float = 1.0
     """Seconds between a node's keep-alives."""
-    heartbeat_misses: int = 2
-    """Keep-alives a node may miss before it is declared dead."""
+    heartbeat_misses: int = 4
+    """Keep-alives a node may miss before it is declared dead. torch's handler drops a node
+    whose newest keep-alive is older than heartbeat x misses, itself included, and on a busy
+    machine its own keep-alive can be ~3 s old right after a round: fewer than 4 misses at a
+    1 s heartbeat lets a healthy node expire itself and start a round of its own."""
     close_timeout: float = 30.0
+    standalone_store: bool = False
+    """c10d only: the store at `endpoint` is served by `elasticml rendezvous serve` (or another
+    process), never by an agent, so losing any training node leaves the rendezvous intact."""
 
 
 @dataclass
@@ -278,6 +284,9 @@ class FaultsConfig:
     hang_step: int | None = None
     once: bool = True
     """Fire each fault only in the first attempt (restart 0)."""
+    step_delay: float = 0.0
+    """Seconds every rank sleeps before each step: a slow job (stragglers, or time for a
+    rehearsal to kill or add a node while it trains)."""
 
 
 @dataclass

@@ -9,21 +9,32 @@ Every event has `t` (unix time), `kind`, `role` (agent | worker), `node` (host n
 Kinds and their own fields:
 
 agent:  launch {nnodes, nproc_per_node, backend, endpoint, run_id}
-        rendezvous {round, seconds, group_rank, group_world_size, world_size}
+        rendezvous {round, seconds, group_rank, group_world_size, world_size,
+                    previous_world_size, members: [{node, pid}] by group rank | null}
+        membership {world_size, previous_world_size, nodes, joined: [node], left: [node]}
+                    (after a round whose world size differs from the previous round's)
         workers_started {restart_count, pids}
-        worker_failed {rank, local_rank, exitcode, signal, error, traceback}
-        restart {cause: failure | membership, restart_count}
-        hang {rank, seconds, stacks}
+        worker_failed {rank, local_rank, node, exitcode, signal, error, traceback}
+        hang {rank, local_rank, pid, node, seconds, step, stacks, waiting_on_peers, killed}
+                    (`stacks` is the file holding the worker's Python stacks)
+        restart {cause: failure | hang | membership, restart_count,
+                 failure/hang: failed_rank, local_rank, node, exitcode, signal, error
+                 membership: nodes_waiting}
         agent_done {status, seconds}
 worker: start {rank, local_rank, world_size, restart_count, step}
         resume {step, source: checkpoint | peer | fresh, source_rank, steps_lost, seconds}
+        recovered {step, gap_s, steps_lost, last_step_before}
+                    (local rank 0, first step after a resume on a node that trained before:
+                    `gap_s` is the time since this node last completed a step: the downtime)
+        fault {fault: kill | hang, step, rank}
         step {step, epoch, loss, lr, samples, samples_per_s, world_size}
         eval {step, split, metrics}
-        checkpoint {step, path, seconds, reason: periodic | failure | final | best}
+        checkpoint {step, path, seconds, reason: periodic | failure | signal | final | best}
         error {rank, message, traceback}
         compiled {seconds}   (first step with trainer.compile: compile time, reported apart)
         warning {message}   (e.g. a corrupt checkpoint skipped)
         done {step, metrics}
+`node` is the agent's `local_addr` where one is set (several nodes may share a host name).
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ class FaultInjector:
         self.armed = restart_count == 0 or not config.once
 
     def before_step(self, step: int) -> None:
+        c = self.config
+        if c.step_delay:
+            time.sleep(c.step_delay)
         if not self.armed:
             return
-        c = self.config
         if c.kill_rank == self.rank and c.kill_step == step and self._fire("kill"):
             self.emit("fault", fault="kill", step=step, rank=self.rank)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -186,8 +186,11 @@ class Trainer:
                 self.log_step(window)
             if trainer.eval_every and self.step % trainer.eval_every == 0:
                 self.validate()
+                self.progress.write(self.step)
             if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
                 self.save("periodic")
+                self.progress.write(self.step)
+        self.progress.finished(self.step)
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; if it fails, the live state is rolled back to the step before."""
@@ -294,6 +297,9 @@ class Trainer:
                                                           reports.items()})
         if self.world_size > 1:
             dist.barrier()
+        # Close the group before exiting: left to interpreter shutdown, gloo can abort a rank
+        # whose peer closed its sockets first (SIGABRT), which the agent takes for a failure.
+        dist.destroy_process_group()
 
     def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
         """Write the state of the last completed step (the live state outside `train_step`)."""

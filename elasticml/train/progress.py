@@ -1,9 +1,10 @@
 """What a worker leaves on its node's disk so that others can tell how it is doing.
 
 * `logs/progress-<host>-<agent pid>-<local rank>` holds the last completed step and is rewritten
-  after every step: its modification time is the worker's heartbeat (the agent's hang watchdog
-  reads it) and the largest step among these files is how far the run got on this node (a
-  restart counts its lost steps against it).
+  after every step and after each validation or checkpoint: its modification time is the
+  worker's heartbeat (the agent's hang watchdog reads it; ` finished` is appended once the
+  training loop is over) and the largest step among these files is how far the run got on
+  this node (a restart counts its lost steps against it).
 * `logs/stacks-<host>-<agent pid>-<local rank>.txt` receives every thread's Python stack when
   the worker gets SIGUSR1 (`faulthandler`, so it works even while the worker is stuck inside a
   collective). The watchdog sends that signal before it ends a hung worker.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STACKS_SIGNAL = signal.SIGUSR1
+FINISHED = "finished"
 
 
 def progress_path(logs: Path, agent_pid: int, local_rank: int) -> Path:
@@ -47,6 +49,16 @@ class Progress:
         """One `pwrite` into a file kept open: microseconds, and it survives a SIGKILL."""
         os.pwrite(self._fd, f"{step:>20}".encode(), 0)
 
+    def finished(self, step: int) -> None:
+        """Training is over (final evaluation from here on): the hang watchdog stops watching."""
+        os.pwrite(self._fd, f"{step} {FINISHED}".ljust(20).encode(), 0)
+
+
+def read_step(path: Path) -> tuple[int, bool]:
+    """(last completed step, finished) from a progress file; ValueError/OSError if unreadable."""
+    words = path.read_text().split()
+    return int(words[0]) if words else 0, FINISHED in words
+
 
 @dataclass(frozen=True)
 class LastProgress:
@@ -60,6 +72,6 @@ def last_progress(logs: Path) -> LastProgress:
     step, when = 0, None
     for path in logs.glob("progress-*"):
         with contextlib.suppress(ValueError, OSError):
-            step = max(step, int(path.read_text().strip() or 0))
+            step = max(step, read_step(path)[0])
             when = max(when or 0.0, path.stat().st_mtime)
     return LastProgress(step, when)

@@ -106,6 +106,25 @@ class Job:
         self._out.close()
 
 
+def assert_same_data(records: list[tuple[int, int, list[int]]], steps: int,
+                     recipe: Path = TINY) -> None:
+    """Every step was trained exactly once, on exactly the samples an undisturbed run uses
+    (so each sample once per epoch), whatever the ranks that shared it."""
+    from elasticml.recipe.load import load_recipe
+    from elasticml.tasks import build_task
+    from elasticml.train.sampler import ElasticSampler
+
+    loaded = load_recipe(recipe, [])
+    sampler = ElasticSampler(len(build_task(loaded).splits()["train"]), loaded.run.seed)
+    by_step: dict[int, list[int]] = {}
+    for step, _rank, ids in records:
+        by_step.setdefault(step, []).extend(ids)
+    assert sorted(by_step) == list(range(steps)), "every step trained, none twice"
+    for step in range(steps):
+        expected = sampler.next_batch(loaded.trainer.global_batch_size).tolist()
+        assert sorted(by_step[step]) == sorted(expected), f"step {step} trained other samples"
+
+
 def run_events(run_root: Path, run_id: str = "tiny") -> list[dict]:
     return read_events(run_root / run_id / "events")
 
@@ -198,3 +217,36 @@ class Cluster:
             self.kill_node(node)
             subprocess.run(["ip", "netns", "del", node], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+class Nodes:
+    """Agents of one job started in a cluster's namespaces, each with its own run dir (no
+    shared filesystem), all ended by the test."""
+
+    def __init__(self, cluster: Cluster, tmp_path: Path, endpoint: str, *common: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.cluster, self.tmp_path, self.endpoint = cluster, tmp_path, endpoint
+        self.common, self.env = common, env or {}
+        self.jobs: dict[str, Job] = {}
+
+    def start(self, *overrides: str) -> str:
+        node = self.cluster.add_node()
+        addr = self.cluster.nodes[node]
+        command = self.cluster.exec_prefix(node) + train_command(
+            "--rdzv-endpoint", self.endpoint, "--local-addr", addr,
+            "--run-dir", str(self.run_root(node)), *self.common, *overrides)
+        self.jobs[node] = Job(command, self.tmp_path / f"{node}.log",
+                              env=self.cluster.node_env(**self.env), cwd=self.tmp_path)
+        return node
+
+    def run_root(self, node: str) -> Path:
+        return self.tmp_path / node / "runs"
+
+    def events(self, node: str | None = None) -> list[dict]:
+        nodes = [node] if node else list(self.jobs)
+        merged = [e for n in nodes for e in run_events(self.run_root(n))]
+        return sorted(merged, key=lambda e: e["t"])
+
+    def stop(self) -> None:
+        for job in self.jobs.values():
+            job.stop()

@@ -6,17 +6,20 @@ import pytest
 
 from elasticml.train.checkpoint import read_checkpoint
 from elasticml.train.sample_log import read_sample_log
-from tests.integration.cluster import Job, of_kind, run_events, train_command
+from tests.integration.cluster import (
+    Job,
+    assert_same_data,
+    env_with_repo,
+    of_kind,
+    run_events,
+    train_command,
+)
 
 pytestmark = pytest.mark.integration
 
 
 def _train(tmp_path, *overrides: str, samples: bool = False) -> list[dict]:
-    env = None
-    if samples:
-        from tests.integration.cluster import env_with_repo
-
-        env = env_with_repo(ELASTICML_SAMPLE_LOG=str(tmp_path / "samples"))
+    env = env_with_repo(ELASTICML_SAMPLE_LOG=str(tmp_path / "samples")) if samples else None
     job = Job(train_command("--run-dir", str(tmp_path / "runs"), *overrides),
               tmp_path / "train.log", env=env, cwd=tmp_path)
     try:
@@ -41,7 +44,7 @@ def test_worker_crash_resumes_at_the_last_completed_step(tmp_path, rank):
     [recovered] = of_kind(events, "recovered")
     assert recovered["steps_lost"] == 0 and recovered["step"] == 13
     assert {e["step"] for e in of_kind(events, "done")} == {30}
-    _each_sample_once_per_epoch(read_sample_log(tmp_path / "samples"), steps=30, batch=32)
+    assert_same_data(read_sample_log(tmp_path / "samples"), steps=30)
 
 
 def test_losing_every_replica_falls_back_to_the_last_periodic_checkpoint(tmp_path):
@@ -62,13 +65,3 @@ def test_a_disturbed_run_ends_where_an_undisturbed_one_does(tmp_path):
     hit = read_checkpoint(tmp_path / "hit/runs/tiny/checkpoints/step-20.pt")["model"]
     for name, value in calm.items():
         assert (value - hit[name]).abs().max() <= 1e-5, name
-
-
-def _each_sample_once_per_epoch(records, steps: int, batch: int, samples: int = 1222) -> None:
-    by_step: dict[int, list[int]] = {}
-    for step, _rank, ids in records:
-        by_step.setdefault(step, []).extend(ids)
-    assert sorted(by_step) == list(range(steps)), "every step trained exactly once"
-    seen = [i for step in range(steps) for i in by_step[step]]
-    assert all(len(by_step[s]) == batch for s in range(steps - 1))
-    assert len(seen) == len(set(seen)) and len(seen) <= samples, "no sample twice in an epoch"

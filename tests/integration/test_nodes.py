@@ -1,0 +1,140 @@
+"""Nodes as network namespaces: joins, losses (the store's and rank 0's node included),
+partitions and a node with the wrong recipe. Each node has its own run dir: no shared disk."""
+
+from __future__ import annotations
+
+import pytest
+
+from elasticml.train.sample_log import read_sample_log
+from tests.integration.cluster import (
+    Job,
+    Nodes,
+    assert_same_data,
+    free_port,
+    of_kind,
+    train_command,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns]
+
+STEPS = 80
+COMMON = ("--nnodes", "1:2", "--nproc-per-node", "1", f"trainer.max_steps={STEPS}",
+          "faults.step_delay=0.1", "elastic.collective_timeout=10")
+
+
+@pytest.fixture
+def store(cluster, tmp_path):
+    """`elasticml rendezvous serve` on the host side of the bridge (not a training node)."""
+    port = free_port(cluster.host_addr)
+    job = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
+               "--port", str(port)], tmp_path / "store.log")
+    try:
+        wait_for(lambda: "serving" in job.output(), 30, "the rendezvous store")
+        yield f"{cluster.host_addr}:{port}"
+    finally:
+        job.stop()
+
+
+def _nodes(cluster, tmp_path, endpoint, *extra, **kwargs) -> Nodes:
+    return Nodes(cluster, tmp_path, endpoint, *COMMON, *extra, **kwargs)
+
+
+def _stepping(nodes: Nodes, node: str, at_least: int, world_size: int | None = None):
+    def ready():
+        steps = of_kind(nodes.events(node), "step")
+        if world_size is not None:
+            steps = [e for e in steps if e["world_size"] == world_size]
+        return steps and steps[-1]["step"] >= at_least and steps[-1]
+    return wait_for(ready, 120, f"{node} to reach step {at_least}")
+
+
+def test_a_node_that_joins_later_is_taken_in_without_losing_a_step(cluster, store, tmp_path):
+    samples = tmp_path / "samples"
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true",
+                   env={"ELASTICML_SAMPLE_LOG": str(samples)})
+    try:
+        first = nodes.start()
+        _stepping(nodes, first, 5)
+        second = nodes.start()
+        for job in nodes.jobs.values():
+            assert job.wait(240) == 0, job.output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events()
+    [change] = of_kind(nodes.events(first), "membership")
+    assert (change["previous_world_size"], change["world_size"]) == (1, 2)
+    assert of_kind(nodes.events(first), "restart", cause="membership")
+    assert of_kind(nodes.events(second), "resume", source="peer")
+    rejoined = [e for e in of_kind(events, "resume") if e["world_size"] == 2]
+    assert len({e["step"] for e in rejoined}) == 1 and rejoined[0]["step"] > 0
+    assert {e["steps_lost"] for e in rejoined} == {0}
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
+    assert_same_data(read_sample_log(samples), STEPS)
+
+
+@pytest.mark.parametrize("backend", ["standalone-store",
+                                     pytest.param("etcd", marks=pytest.mark.etcd)])
+def test_losing_rank_zeros_node_leaves_the_survivor_training(cluster, store, request, tmp_path,
+                                                             backend):
+    if backend == "etcd":
+        extra = ("--rdzv-backend", "etcd-v2")
+        endpoint = request.getfixturevalue("etcd")
+    else:
+        extra, endpoint = ("elastic.rdzv.standalone_store=true",), store
+    nodes = _nodes(cluster, tmp_path, endpoint, *extra)
+    try:
+        a, b = nodes.start(), nodes.start()
+        _stepping(nodes, a, 5, world_size=2)
+        leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+        survivor = b if leader == a else a
+        cluster.kill_node(leader)
+        assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events(survivor)
+    [change] = of_kind(events, "membership")
+    assert (change["previous_world_size"], change["world_size"]) == (2, 1)
+    [resumed] = [e for e in of_kind(events, "resume") if e["world_size"] == 1]
+    last_before = max(e["step"] for e in of_kind(events, "step") if e["world_size"] == 2)
+    assert resumed["step"] >= last_before and resumed["steps_lost"] == 0
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
+
+
+def test_a_partitioned_node_is_left_behind_and_nothing_hangs(cluster, store, tmp_path):
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true",
+                   "elastic.collective_timeout=5")
+    try:
+        a, b = nodes.start(), nodes.start()
+        _stepping(nodes, a, 5, world_size=2)
+        cut = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+        survivor = b if cut == a else a
+        cluster.partition(cut)
+        assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events(survivor)
+    assert [e["world_size"] for e in of_kind(events, "membership")] == [1]
+    [resumed] = [e for e in of_kind(events, "resume") if e["world_size"] == 1]
+    assert resumed["steps_lost"] == 0
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
+
+
+def test_a_node_with_another_recipe_is_refused_and_the_job_goes_on(cluster, store, tmp_path):
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true")
+    try:
+        first = nodes.start()
+        _stepping(nodes, first, 5)
+        odd = nodes.start("optimizer.lr=0.1")
+        assert nodes.jobs[odd].wait(60) == 2
+        assert "refused" in nodes.jobs[odd].output()
+        assert nodes.jobs[first].wait(240) == 0, nodes.jobs[first].output()[-3000:]
+    finally:
+        nodes.stop()
+
+    events = nodes.events(first)
+    assert not of_kind(events, "membership") and not of_kind(events, "restart")
+    assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
