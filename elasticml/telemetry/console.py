@@ -72,7 +72,8 @@ class Progress:
             self.rate_steps = [*self.rate_steps[-20:], (event["t"], event["step"])]
         elif kind == "rendezvous":
             self.world_size, self.nodes = event.get("world_size"), event.get("group_world_size")
-            self.members = set(event.get("members") or [])
+            self.members = {m["node"] if isinstance(m, dict) else str(m)
+                            for m in event.get("members") or []}
             self.rate_steps = []  # throughput changes with the group; start the ETA afresh
         elif kind == "start" and event.get("node"):
             self.members.add(event["node"])

@@ -41,17 +41,22 @@ class Progress:
         logs.mkdir(parents=True, exist_ok=True)
         agent = os.getppid()
         self.path = progress_path(logs, agent, local_rank)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        self._fd: int | None = None  # created by the first completed step, not before
         self._stacks = open(stacks_path(logs, agent, local_rank), "a")  # noqa: SIM115 - kept open
         faulthandler.register(STACKS_SIGNAL, file=self._stacks, all_threads=True)
 
     def write(self, step: int) -> None:
         """One `pwrite` into a file kept open: microseconds, and it survives a SIGKILL."""
-        os.pwrite(self._fd, f"{step:>20}".encode(), 0)
+        os.pwrite(self._descriptor(), f"{step:>20}".encode(), 0)
 
     def finished(self, step: int) -> None:
         """Training is over (final evaluation from here on): the hang watchdog stops watching."""
-        os.pwrite(self._fd, f"{step} {FINISHED}".ljust(20).encode(), 0)
+        os.pwrite(self._descriptor(), f"{step} {FINISHED}".ljust(20).encode(), 0)
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        return self._fd
 
 
 def read_step(path: Path) -> tuple[int, bool]:
