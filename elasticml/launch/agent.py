@@ -156,6 +156,8 @@ def describe_failure(rank: int, failure) -> dict:
         info["traceback"] = (message.get("extraInfo") or {}).get("py_callstack")
     elif isinstance(message, str):
         info["error"] = message
+    if info["error"] == "<NONE>":  # torch's placeholder when the rank left no error file
+        info["error"] = None
     if info["error"] is None and info["signal"]:
         info["error"] = f"killed by {info['signal']}"
     elif info["error"] is None:
