@@ -1,0 +1,67 @@
+"""A world-size change mid-run computes the same model as a run that never changed."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from elasticml.train.checkpoint import read_checkpoint
+from elasticml.train.sample_log import read_sample_log
+from tests.integration.cluster import (
+    Job,
+    assert_same_data,
+    env_with_repo,
+    of_kind,
+    run_events,
+    train_command,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+STEPS = 40
+
+
+def _job(tmp_path, name: str, *overrides: str) -> Job:
+    env = env_with_repo(ELASTICML_SAMPLE_LOG=str(tmp_path / name / "samples"))
+    return Job(train_command("--run-dir", str(tmp_path / name / "runs"),
+                             f"trainer.max_steps={STEPS}", "faults.step_delay=0.02", *overrides),
+               tmp_path / name / "train.log", env=env, cwd=tmp_path)
+
+
+def test_growing_from_one_to_two_workers_ends_where_two_all_along_do(tmp_path):
+    """Tolerance 1e-4: the same samples and the same update, summed in another order."""
+    calm = _job(tmp_path, "calm")
+    try:
+        assert calm.wait(180) == 0, calm.output()[-3000:]
+    finally:
+        calm.stop()
+
+    grown = _job(tmp_path, "grown", "elastic.nproc_per_node=1")
+    try:
+        wait_for(lambda: any(e["kind"] == "step" and e["step"] >= 10
+                             for e in run_events(tmp_path / "grown" / "runs")), 120,
+                 "step 10 with one worker")
+        grown.process.send_signal(signal.SIGTERM)  # like a membership change: save, stop
+        assert grown.wait(60) != 0
+    finally:
+        grown.stop()
+    # the state of the last completed step: saved on SIGTERM (or already by a periodic save)
+    stopped = max(e["step"] for e in of_kind(run_events(tmp_path / "grown" / "runs"),
+                                              "checkpoint"))
+    assert 10 <= stopped < STEPS
+    again = _job(tmp_path, "grown", "elastic.nproc_per_node=2")
+    try:
+        assert again.wait(180) == 0, again.output()[-3000:]
+    finally:
+        again.stop()
+
+    events = run_events(tmp_path / "grown" / "runs")
+    assert {e["world_size"] for e in of_kind(events, "start")} == {1, 2}
+    assert {e["step"] for e in of_kind(events, "resume", world_size=2)} == {stopped}
+    assert_same_data(read_sample_log(tmp_path / "grown" / "samples"), steps=STEPS)
+    final = f"runs/tiny/checkpoints/step-{STEPS}.pt"
+    expected = read_checkpoint(tmp_path / "calm" / final)["model"]
+    reached = read_checkpoint(tmp_path / "grown" / final)["model"]
+    for name, value in expected.items():
+        assert (value - reached[name]).abs().max() <= 1e-4, name
