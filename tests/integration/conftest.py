@@ -29,9 +29,12 @@ def etcd_binary() -> str:
     if found is None:
         if shutil.which("apt-get") is None:
             pytest.skip("etcd is not installed and apt-get is not available to install it")
-        subprocess.run(["apt-get", "install", "-y", "-q", "etcd-server"], check=True,
-                       capture_output=True, env={"DEBIAN_FRONTEND": "noninteractive",
-                                                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        for step in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q",
+                                                   "etcd-server"]):
+            done = subprocess.run(step, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                pytest.fail(f"{' '.join(step)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         found = shutil.which("etcd")
     assert found, "etcd-server installed but no `etcd` on PATH"
     return found
