@@ -30,7 +30,7 @@ STEP_TAGS = (("train/loss", "loss"), ("train/lr", "lr"), ("train/samples_per_s",
 
 class TensorBoardSink:
     def __init__(self, folder: str | Path, events_dir: str | Path | None = None,
-                 recipe_yaml: str | None = None) -> None:
+                 recipe_yaml: str | None = None, history: list[Event] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(folder))
@@ -38,7 +38,8 @@ class TensorBoardSink:
         self.incidents = Incidents()
         self.recipe_yaml = recipe_yaml
         self.finished = False
-        history = read_events(events_dir) if events_dir is not None else []
+        if history is None:
+            history = read_events(events_dir) if events_dir is not None else []
         for event in history:
             self._fold(event, write=False)
         if recipe_yaml and not any(e["kind"] == "launch" for e in history):
