@@ -118,25 +118,32 @@ class _Follower(threading.Thread):
         self.console, self.run_dir, self.recipe_yaml = console, run_dir, recipe_yaml
         self.tail = EventTail(run_dir.events)
         self.history = self.tail.poll()  # earlier launches of this run: history, not news
+        self.pending: list[dict] = []
+        self.board = None
         self._halt = threading.Event()
 
     def run(self) -> None:
-        # Opened here, not before the launch: importing TensorBoard's writer costs ~0.4 s
-        # that the agent's start-up need not wait for.
-        from elasticml.telemetry.tensorboard import TensorBoardSink
-
-        self.board = TensorBoardSink(self.run_dir.tensorboard, recipe_yaml=self.recipe_yaml,
-                                     history=self.history)
         while not self._halt.wait(0.25):
             self._drain()
-        self._drain()
-        self.board.close()
+        self._drain(final=True)
+        if self.board is not None:
+            self.board.close()
 
-    def _drain(self) -> None:
+    def _drain(self, final: bool = False) -> None:
         fresh = self.tail.poll()
         if fresh:
             self.console.feed(fresh)
-            self.board.feed(fresh)
+        self.pending += fresh
+        if self.board is None and (final or any(e["kind"] == "step" for e in fresh)):
+            # Opened once training runs, not during start-up: importing TensorBoard's writer
+            # costs ~0.4 s of CPU that the workers' start-up need not compete with.
+            from elasticml.telemetry.tensorboard import TensorBoardSink
+
+            self.board = TensorBoardSink(self.run_dir.tensorboard, recipe_yaml=self.recipe_yaml,
+                                         history=self.history)
+        if self.board is not None and self.pending:
+            self.board.feed(self.pending)
+            self.pending = []
 
     def stop(self) -> None:
         if self.is_alive():
