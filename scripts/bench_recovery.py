@@ -8,10 +8,11 @@ Scenarios (nodes are network namespaces on one bridge, so `loss` and `join` need
 * join:  1 node training, a second started -> first step at world size 2, and the training gap
   (last step at the old size -> first step at the new one).
 Both launchers run elasticml's worker (so steps lost are the worker's, 0 for both); they
-differ in the agent and the rendezvous: torchrun uses torch's stock `c10d` handler with
-whole-second timings (heartbeat 1 s x 2, last call 1 s: torchrun-facts.md's working
-configuration) and the shared-store fix; elasticml uses its own backend, hang watchdog and
-standalone store. Times come from the event log (step events carry wall-clock stamps).
+differ in the agent and the rendezvous: torchrun uses torch's stock `c10d` handler (the
+`--dry-run` line with the backend swapped: last call 1 s, default heartbeats) and the
+shared-store fix; elasticml uses its own heartbeat-free rendezvous (`launch/rounds.py`),
+hang watchdog and standalone store. Times come from the event log (step events carry
+wall-clock stamps).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ Environment set for every agent and worker:
 * `OMP_NUM_THREADS` = CPU cores // local workers: torch only sets 1, and only for nproc > 1.
 
 Rendezvous backends are elasticml's own (`elasticml-c10d`, `elasticml-etcd-v2`), registered
-through torch's `torchrun.handlers` entry point, so `torchrun` finds them too; they accept
-fractional timings (heartbeat 1 s, last call 1 s) where torchrun's stock ones take whole
+through torch's `torchrun.handlers` entry point, so `torchrun` finds them too. They run
+`launch/rounds.py`, a handler without heartbeats that regroups as soon as the survivors of a
+failure are back, and they take fractional timings where torchrun's stock ones take whole
 seconds.
 """
 
@@ -142,9 +143,8 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
     configs = {
         "join_timeout": _num(rdzv.join_timeout),
         "last_call_timeout": _num(rdzv.last_call),
-        "close_timeout": _num(rdzv.close_timeout),
-        "keep_alive_interval": _num(rdzv.heartbeat),
-        "keep_alive_max_attempt": str(rdzv.heartbeat_misses),
+        "regroup_wait": _num(rdzv.regroup_wait),
+        "group_timeout": _num(rdzv.group_timeout),
         "training_hash": training_hash(recipe),
     }
     if rdzv.standalone_store:

@@ -108,10 +108,9 @@ def _check_elastic(recipe: Recipe) -> list[Problem]:
     _positive(problems, "elastic.max_restarts", e.max_restarts, allow_zero=True)
     _positive(problems, "elastic.hang_timeout", e.hang_timeout)
     _positive(problems, "elastic.collective_timeout", e.collective_timeout)
-    for key in ("join_timeout", "last_call", "heartbeat", "close_timeout"):
-        _positive(problems, f"elastic.rdzv.{key}", getattr(e.rdzv, key), allow_zero=key ==
-                  "last_call")
-    _positive(problems, "elastic.rdzv.heartbeat_misses", e.rdzv.heartbeat_misses)
+    for key in ("join_timeout", "last_call", "regroup_wait", "group_timeout"):
+        _positive(problems, f"elastic.rdzv.{key}", getattr(e.rdzv, key),
+                  allow_zero=key in ("last_call", "regroup_wait"))
     if e.rdzv.endpoint and not re.match(r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
                                         e.rdzv.endpoint):
         problems.append(("elastic.rdzv.endpoint", f"'{e.rdzv.endpoint}' is not HOST:PORT"))

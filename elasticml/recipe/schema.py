@@ -238,15 +238,15 @@ class RendezvousConfig:
     join_timeout: float = 600.0
     """Give up when the minimum number of nodes has not joined within this many seconds."""
     last_call: float = 1.0
-    """Once the minimum is there, wait this long for more nodes before starting."""
-    heartbeat: float = 1.0
-    """Seconds between a node's keep-alives."""
-    heartbeat_misses: int = 4
-    """Keep-alives a node may miss before it is declared dead. torch's handler drops a node
-    whose newest keep-alive is older than heartbeat x misses, itself included, and on a busy
-    machine its own keep-alive can be ~3 s old right after a round: fewer than 4 misses at a
-    1 s heartbeat lets a healthy node expire itself and start a round of its own."""
-    close_timeout: float = 30.0
+    """When no group is training (the job's start): once the minimum is there, wait this
+    long for more nodes before starting."""
+    regroup_wait: float = 0.3
+    """After a failure: once the first node of the training group is back at the
+    rendezvous, wait this long for the rest of it; the nodes not back by then are left out
+    (lost or cut off). A round starts at once when the whole group is back."""
+    group_timeout: float = 10.0
+    """A node that arrives while a group trains waits this long for that group to stop and
+    take it in; past it the group is taken to be gone and the round starts without it."""
     standalone_store: bool = False
     """c10d only: the store at `endpoint` is served by `elasticml rendezvous serve` (or another
     process), never by an agent, so losing any training node leaves the rendezvous intact."""

@@ -32,9 +32,9 @@ def test_environment_applies_the_store_fix_and_explicit_threads():
 
 
 def test_fast_rendezvous_timings_reach_both_renderings():
-    plan = plan_for("elastic.rdzv.last_call=0.5", "elastic.rdzv.heartbeat=1")
+    plan = plan_for("elastic.rdzv.last_call=0.5", "elastic.rdzv.regroup_wait=0.2")
     assert plan.rdzv_configs["last_call_timeout"] == "0.5"
-    assert plan.rdzv_configs["keep_alive_interval"] == "1"
+    assert plan.rdzv_configs["regroup_wait"] == "0.2"
     config = plan.to_launch_config()
     assert config.rdzv_configs["last_call_timeout"] == "0.5"
     assert "last_call_timeout=0.5" in plan.torchrun_command()
