@@ -5,10 +5,11 @@ in its environment; this module loads the same recipe with the same overrides as
 launcher and trains. `@record` writes the worker's own exception to torch elastic's error
 file, so the agent (and `elasticml report`) see the real cause, not `error_file: <N/A>`.
 
-A worker that stops early (SIGTERM from its agent, or a failure such as a lost peer) leaves
-with `os._exit` once its state is saved and its error recorded: the interpreter's own
-teardown with torch and a gloo group loaded takes ~1.5 s on a small CPU, and the agent waits
-for the exit before it can regroup. Events, sample logs and checkpoints are already on disk
+A worker leaves with `os._exit` once its work is on disk — after a SIGTERM stop or a failure
+(state saved, error recorded) and after a normal finish: the interpreter's own teardown with
+torch and a gloo group loaded takes ~1.5 s on a small CPU, the agent waits for the exit before
+it can regroup, and gloo's destructors occasionally abort at that point, which the agent
+would count as a failure. Events, sample logs and checkpoints are already on disk
 (unbuffered writes, background saves joined), so skipping the teardown loses nothing.
 """
 
@@ -51,6 +52,7 @@ def _leave(code: int) -> None:
 if __name__ == "__main__":
     try:
         main()
+        _leave(0)
     except SystemExit as stop:
         from elasticml.train.loop import SIGTERM_EXIT
 
