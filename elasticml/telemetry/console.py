@@ -185,6 +185,7 @@ class LiveConsole:
             self.live.__exit__(*exc)
 
     def feed(self, events: list[Event]) -> None:
+        said: list = []  # lines, and records rendered only after the whole batch is folded
         for event in events:
             records = self.progress.fold(event)
             shown = _wanted(event, self.quiet, self.verbose) if self.live is None else (
@@ -192,8 +193,12 @@ class LiveConsole:
             if self.live is not None or self.quiet:  # the panel shows the starting world size
                 records = [r for r in records if not (isinstance(r, Change) and
                                                       r.kind == "start")]
-            for line in [plain_line(event) if shown else None, *map(record_line, records)]:
-                self._say(line)
+            said += [plain_line(event) if shown else None, *records]
+        # A failure's root cause can change while its group's reports arrive (the injected
+        # or signalled rank outranks a peer that only lost its connection), so failure lines
+        # are written from the records as they stand at the end of the batch.
+        for item in said:
+            self._say(item if item is None or isinstance(item, str) else record_line(item))
         if self.live:
             self.live.update(self.render())
 
