@@ -70,7 +70,7 @@ POLL_S = 0.03
 class Timings:
     join_timeout: float = 600.0
     """No round formed within this many seconds: give up."""
-    last_call: float = 1.0
+    last_call: float = 0.5
     """With no running group: wait this long for more nodes once `min_nodes` are in."""
     regroup_wait: float = 0.3
     """Once one member of the running group is back, wait this long for the rest."""

@@ -237,9 +237,10 @@ class RendezvousConfig:
     """host:port of the store or etcd; empty = a private store on this machine (one node)."""
     join_timeout: float = 600.0
     """Give up when the minimum number of nodes has not joined within this many seconds."""
-    last_call: float = 1.0
+    last_call: float = 0.5
     """When no group is training (the job's start): once the minimum is there, wait this
-    long for more nodes before starting."""
+    long for more nodes before starting. Short on purpose: a node that comes later is taken
+    in at the next step boundary, losing no steps."""
     regroup_wait: float = 0.3
     """After a failure: once the first node of the training group is back at the
     rendezvous, wait this long for the rest of it; the nodes not back by then are left out
