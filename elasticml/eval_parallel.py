@@ -40,7 +40,7 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
     import torch
     import torch.distributed as dist
 
-    from elasticml.evaluate import eval_device, score_shard
+    from elasticml.eval_scoring import eval_device, score_shard
     from elasticml.recipe.load import recipe_from_dict
     from elasticml.train.checkpoint import read_checkpoint
 

@@ -61,7 +61,7 @@ class ClassificationTask:
             shape = image_shape(self.features)
             return nn.Sequential(Reshape(*shape), cnn(config, shape, self.classes))
         if config.name == "custom":
-            from elasticml.tasks.custom import model_from_factory
+            from elasticml.tasks.user_code import model_from_factory
 
             return model_from_factory(config, self.info())
         raise ValueError(f"model.name: '{config.name}' does not fit a classification task "

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from elasticml.errors import UserError
 from elasticml.tasks.classification import SPLITS, ClassificationTask, split_indices
@@ -43,14 +42,6 @@ def build(recipe) -> ClassificationTask:
     labels, classes = encode_labels([tables[s][1] for s in SPLITS])
     data = {s: (tables[s][0], y) for s, y in zip(SPLITS, labels, strict=True)}
     return ClassificationTask("custom", data, classes, recipe)
-
-
-def model_from_factory(config, info: dict) -> nn.Module:
-    model = load(config.factory, "model.factory")(info, **config.options)
-    if not isinstance(model, nn.Module):
-        raise UserError(f"model.factory: {config.factory} returned {type(model).__name__}, "
-                        "not a torch.nn.Module")
-    return model
 
 
 def read_table(path: Path, label: str | None) -> tuple[torch.Tensor, np.ndarray]:

@@ -66,3 +66,14 @@ def _load_file(path: Path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def model_from_factory(config, info: dict):
+    """The user's model: `model.factory(info, **model.options)`, checked to be a Module."""
+    from torch import nn
+
+    model = load(config.factory, "model.factory")(info, **config.options)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model.factory: {config.factory} returned {type(model).__name__}, "
+                        "not a torch.nn.Module")
+    return model
