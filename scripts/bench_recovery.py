@@ -1,6 +1,6 @@
 """Recovery benchmark: the same small job under plain torchrun and under elasticml.
 
-    sudo PYTHONPATH=. python scripts/bench_recovery.py [--repeat 3] [--scenarios crash,loss,join]
+    PYTHONPATH=. python scripts/bench_recovery.py [--repeat 3] [--scenarios crash,loss,join]
 
 Scenarios (nodes are network namespaces on one bridge, so `loss` and `join` need root):
 * crash: SIGKILL of local rank 1 (2 workers, 1 node) -> first step after the restart;
@@ -145,11 +145,11 @@ def main() -> None:
     parser.add_argument("--scenarios", default="crash,loss,join")
     parser.add_argument("--launchers", default="torchrun,elasticml")
     options = parser.parse_args()
-    rows = []
+    rows, outcomes = [], {}
     for name in options.scenarios.split(","):
         results = {}
         for launcher in options.launchers.split(","):
-            runs = []
+            runs, failed = [], 0
             for _ in range(options.repeat):
                 with tempfile.TemporaryDirectory() as work:
                     try:
@@ -157,7 +157,12 @@ def main() -> None:
                     except SystemExit as skipped:
                         print(f"{name}/{launcher}: {skipped}", file=sys.stderr)
                         break
+                    except AssertionError as error:  # the job did not recover: count it
+                        failed += 1
+                        print(f"{name}/{launcher}: did not recover: {str(error)[:300]}",
+                              file=sys.stderr)
             results[launcher] = runs
+            outcomes[(name, launcher)] = f"{len(runs)}/{len(runs) + failed}"
         rows.append((name, results))
     print("| scenario | measure | " + " | ".join(options.launchers.split(",")) + " | ratio |")
     print("|---|---|" + "---|" * (len(options.launchers.split(",")) + 1))
@@ -172,6 +177,9 @@ def main() -> None:
                      else "")
             shown = " | ".join("n/a" if c is None else f"{c:.2f}" for c in cells)
             print(f"| {name} | {key} | {shown} | {ratio} |")
+        recovered = " | ".join(outcomes.get((name, launcher), "n/a")
+                               for launcher in options.launchers.split(","))
+        print(f"| {name} | recovered | {recovered} | |")
 
 
 if __name__ == "__main__":
