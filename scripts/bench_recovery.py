@@ -9,7 +9,7 @@ Scenarios (nodes are network namespaces on one bridge, so `loss` and `join` need
   (last step at the old size -> first step at the new one).
 Both launchers run elasticml's worker (so steps lost are the worker's, 0 for both); they
 differ in the agent and the rendezvous: torchrun uses torch's stock `c10d` handler (the
-`--dry-run` line with the backend swapped: last call 1 s, default heartbeats) and the
+`--dry-run` line with the backend swapped: last call 1 s, its minimum; default heartbeats) and the
 shared-store fix; elasticml uses its own heartbeat-free rendezvous (`launch/rounds.py`),
 hang watchdog and standalone store. Times come from the event log (step events carry
 wall-clock stamps).
@@ -51,6 +51,9 @@ def torchrun_args(*args: str) -> list[str]:
     words = shlex.split(dry.output().strip().splitlines()[-1])
     words = words[words.index("torchrun"):]
     words = [w.replace("--rdzv-backend=elasticml-c10d", "--rdzv-backend=c10d") for w in words]
+    # torch's stock handler reads whole seconds and none of elasticml's keys: its best setting
+    words = ["--rdzv-conf=join_timeout=600,last_call_timeout=1" if w.startswith("--rdzv-conf=")
+             else w for w in words]
     return [sys.executable, "-m", "torch.distributed.run", *words[1:]]
 
 
