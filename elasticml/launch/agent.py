@@ -156,7 +156,7 @@ def describe_failure(rank: int, failure) -> dict:
         info["traceback"] = (message.get("extraInfo") or {}).get("py_callstack")
     elif isinstance(message, str):
         info["error"] = message
-    if info["error"] == "<NONE>":  # torch's placeholder when the rank left no error file
+    if info["error"] == "<NONE>":  # what torch writes when the rank left no error file
         info["error"] = None
     if info["error"] is None and info["signal"]:
         info["error"] = f"killed by {info['signal']}"
