@@ -3,6 +3,10 @@ partitions and a node with the wrong recipe. Each node has its own run dir: no s
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from elasticml.train.sample_log import read_sample_log
@@ -10,6 +14,7 @@ from tests.integration.cluster import (
     Job,
     Nodes,
     assert_same_data,
+    env_with_repo,
     free_port,
     of_kind,
     train_command,
@@ -72,6 +77,14 @@ def test_a_node_that_joins_later_is_taken_in_without_losing_a_step(cluster, stor
     assert {e["steps_lost"] for e in rejoined} == {0}
     assert {e["step"] for e in of_kind(events, "done")} == {STEPS}
     assert_same_data(read_sample_log(samples), STEPS)
+
+    report = subprocess.run([sys.executable, "-m", "elasticml", "report",
+                             str(nodes.run_root(first) / "tiny"), "--json"],
+                            capture_output=True, text=True, env=env_with_repo())
+    assert report.returncode == 0, report.stderr
+    told = json.loads(report.stdout)
+    assert [m["world_size"] for m in told["membership"]] == [1, 2]
+    assert told["failures"] == [] and told["steps_lost"] == 0 and told["steps"] == STEPS
 
 
 @pytest.mark.parametrize("backend", ["standalone-store",
