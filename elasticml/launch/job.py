@@ -72,6 +72,8 @@ def train(request: TrainRequest) -> int:
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
         return 0
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
     from elasticml.launch.agent import launch
     from elasticml.telemetry.console import LiveConsole, Progress
     from elasticml.telemetry.events import EventLog
@@ -85,14 +87,12 @@ def train(request: TrainRequest) -> int:
             outcome = launch(plan, events)
         except KeyboardInterrupt:
             outcome = None
+        except SignalException:
+            print(f"stopped by a signal; run the same command to resume {plan.run_id}",
+                  file=sys.stderr)
+            return 130
         except Exception as err:  # noqa: BLE001 - shown as one line; the events keep the detail
-            follower.stop()
-            name = type(err).__name__
-            if name in ("SignalException",):
-                print(f"stopped by a signal; run the same command to resume {plan.run_id}",
-                      file=sys.stderr)
-                return 130
-            raise UserError(f"{name}: {err}") from None
+            raise UserError(f"{type(err).__name__}: {err}") from None
         finally:
             follower.stop()
     if outcome is None:
