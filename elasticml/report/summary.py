@@ -17,7 +17,7 @@ from pathlib import Path
 
 from elasticml.report.reading import Generation, read_run_events
 from elasticml.rundir import RunDir
-from elasticml.telemetry.incidents import Incidents
+from elasticml.telemetry.incidents import Incidents, as_int, rounded
 
 PLOT_POINTS = 1000
 
@@ -70,7 +70,7 @@ class RunSummary:
         body = {k: v for k, v in self.__dict__.items() if k != "series"}
         body["samples_per_s_by_world_size"] = {
             str(k): v for k, v in self.samples_per_s_by_world_size.items()}
-        body.update(duration_s=_r(self.duration_s), joins=self.joins, leaves=self.leaves)
+        body.update(duration_s=rounded(self.duration_s), joins=self.joins, leaves=self.leaves)
         return body
 
 
@@ -85,10 +85,10 @@ def summarise(run: RunDir) -> RunSummary:
     ended = time.time() if status == "running" else (events[-1]["t"] if events else None)
     final = _json(run.reports / "final.json")
     steps = [e for e in events if e["kind"] == "step"]
-    last_step = max([incidents.step, *(_int(e.get("step")) for e in events
+    last_step = max([incidents.step, *(as_int(e.get("step")) for e in events
                                        if e["kind"] in ("done", "checkpoint", "eval"))])
     if isinstance(final, dict):
-        last_step = max(last_step, _int(final.get("step")))
+        last_step = max(last_step, as_int(final.get("step")))
     rate, by_world = _throughput(read.generations)
     return RunSummary(
         run_id=_run_id(run, events),
@@ -106,12 +106,12 @@ def summarise(run: RunDir) -> RunSummary:
         restarts=incidents.restarts,
         failures=[_relative(f.to_dict(), started) for f in incidents.failures],
         recoveries=[_relative(r.to_dict(), started) for r in incidents.recoveries],
-        membership=[{"time": _r(c.t - started), "t": c.t, "world_size": c.world_size,
+        membership=[{"time": rounded(c.t - started), "t": c.t, "world_size": c.world_size,
                      "previous": c.previous, "nodes": c.nodes, "change": c.kind, "step": c.step}
                     for c in incidents.changes],
         downtime_s=round(incidents.downtime_s, 3),
         steps_lost=incidents.steps_lost,
-        checkpoints=[{"time": _r(e["t"] - started), "step": e.get("step"),
+        checkpoints=[{"time": rounded(e["t"] - started), "step": e.get("step"),
                       "reason": e.get("reason"), "rank": e.get("rank"),
                       "seconds": e.get("seconds"), "path": e.get("path")}
                      for e in events if e["kind"] == "checkpoint"],
@@ -194,11 +194,11 @@ def _series(steps: list, incidents: Incidents, started: float | None) -> dict[st
     points = steps[::stride]
     if steps and points[-1] is not steps[-1]:
         points.append(steps[-1])
-    loss = [(_r(e["t"] - started), e.get("step"), e["loss"]) for e in points
+    loss = [(rounded(e["t"] - started), e.get("step"), e["loss"]) for e in points
             if isinstance(e.get("loss"), int | float)]
-    rate = [(_r(e["t"] - started), e.get("step"), e["samples_per_s"]) for e in points
+    rate = [(rounded(e["t"] - started), e.get("step"), e["samples_per_s"]) for e in points
             if isinstance(e.get("samples_per_s"), int | float)]
-    world = [(_r(c.t - started), c.world_size) for c in incidents.changes]
+    world = [(rounded(c.t - started), c.world_size) for c in incidents.changes]
     return {"loss": loss, "throughput": rate, "world": world}
 
 
@@ -254,9 +254,9 @@ def _run_id(run: RunDir, events: list) -> str:
 
 
 def _relative(record: dict, started: float | None) -> dict:
-    record["time"] = _r(record["t"] - started) if started is not None else None
+    record["time"] = rounded(record["t"] - started) if started is not None else None
     if record.get("resumed_t") is not None and started is not None:
-        record["resumed_time"] = _r(record["resumed_t"] - started)
+        record["resumed_time"] = rounded(record["resumed_t"] - started)
     return record
 
 
@@ -281,14 +281,3 @@ def _json(path: Path):
 
 def _num(value) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _int(value) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

@@ -68,7 +68,7 @@ class Recovery:
         return None if self.resumed_t is None else max(0.0, self.resumed_t - self.t)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "downtime_s": _round(self.downtime_s)}
+        return {**asdict(self), "downtime_s": rounded(self.downtime_s)}
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Incidents:
     # --- worker progress ---------------------------------------------------------------
 
     def _on_step(self, event: Event) -> None:
-        self.step = max(self.step, _int(event.get("step")))
+        self.step = max(self.step, as_int(event.get("step")))
 
     def _on_fault(self, event: Event) -> None:
         if event.get("rank") is not None:
@@ -121,7 +121,7 @@ class Incidents:
             return []
         if recovery.resumed_t is None:
             recovery.resumed_t = event["t"]
-            recovery.resumed_step = _int(event.get("step"))
+            recovery.resumed_step = as_int(event.get("step"))
             recovery.steps_lost = event.get("steps_lost")
             recovery.source = event.get("source")
             recovery.world_size = event.get("world_size")
@@ -252,12 +252,12 @@ def _outranks(event: Event, injected: bool, group: Failure) -> bool:
     return _rank_of(injected, event) < _rank_of(group.injected, group)
 
 
-def _int(value) -> int:
+def as_int(value) -> int:
     try:
         return int(value)
     except (TypeError, ValueError):
         return 0
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
