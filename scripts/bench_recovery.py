@@ -18,6 +18,7 @@ wall-clock stamps).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -73,70 +74,60 @@ def crash(launcher: str, work: Path) -> dict:
     return {"seconds": after[0]["t"] - fault["t"], "lost": resumed[0]["steps_lost"]}
 
 
-def _cluster_job(launcher: str, work: Path, cluster: Cluster, endpoint: str) -> Nodes:
-    common = ("--nnodes", "1:2", "--nproc-per-node", "1", *COMMON)
-    if launcher == "elasticml":
-        return Nodes(cluster, work, endpoint, *common, "elastic.rdzv.standalone_store=true")
-    raise SystemExit("the loss/join scenarios under plain torchrun are not scripted yet")
+@contextlib.contextmanager
+def _cluster_job(launcher: str, work: Path):
+    """Network-namespace nodes around a standalone rendezvous store on the host side."""
+    if launcher != "elasticml":
+        raise SystemExit("the loss/join scenarios under plain torchrun are not scripted yet")
+    cluster = Cluster()
+    store = None
+    try:
+        port = free_port(cluster.host_addr)
+        store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
+                     "--port", str(port)], work / "store.log")
+        nodes = Nodes(cluster, work, f"{cluster.host_addr}:{port}", "--nnodes", "1:2",
+                      "--nproc-per-node", "1", *COMMON, "elastic.rdzv.standalone_store=true")
+        try:
+            yield cluster, nodes
+        finally:
+            nodes.stop()
+    finally:
+        if store:
+            store.stop()
+        cluster.close()
 
 
 def loss(launcher: str, work: Path) -> dict:
-    cluster = Cluster()
-    store = None
-    try:
-        port = free_port(cluster.host_addr)
-        store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
-                     "--port", str(port)], work / "store.log")
-        nodes = _cluster_job(launcher, work, cluster, f"{cluster.host_addr}:{port}")
-        try:
-            a, b = nodes.start(), nodes.start()
-            wait_for(lambda: [e for e in of_kind(nodes.events(a), "step")
-                              if e["world_size"] == 2 and e["step"] >= 20], 120, "world 2")
-            leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
-            survivor = b if leader == a else a
-            killed_at = time.time()
-            cluster.kill_node(leader)
-            nodes.jobs[survivor].wait(300)
-        finally:
-            nodes.stop()
-        events = nodes.events(survivor)
-        after = [e for e in of_kind(events, "step") if e["world_size"] == 1]
-        [resumed] = [e for e in of_kind(events, "resume") if e["world_size"] == 1]
-        return {"seconds": after[0]["t"] - killed_at, "lost": resumed["steps_lost"]}
-    finally:
-        if store:
-            store.stop()
-        cluster.close()
+    with _cluster_job(launcher, work) as (cluster, nodes):
+        a, b = nodes.start(), nodes.start()
+        wait_for(lambda: [e for e in of_kind(nodes.events(a), "step")
+                          if e["world_size"] == 2 and e["step"] >= 20], 120, "world 2")
+        leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+        survivor = b if leader == a else a
+        killed_at = time.time()
+        cluster.kill_node(leader)
+        nodes.jobs[survivor].wait(300)
+    events = nodes.events(survivor)
+    after = [e for e in of_kind(events, "step") if e["world_size"] == 1]
+    [resumed] = [e for e in of_kind(events, "resume") if e["world_size"] == 1]
+    return {"seconds": after[0]["t"] - killed_at, "lost": resumed["steps_lost"]}
 
 
 def join(launcher: str, work: Path) -> dict:
-    cluster = Cluster()
-    store = None
-    try:
-        port = free_port(cluster.host_addr)
-        store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
-                     "--port", str(port)], work / "store.log")
-        nodes = _cluster_job(launcher, work, cluster, f"{cluster.host_addr}:{port}")
-        try:
-            first = nodes.start()
-            wait_for(lambda: [e for e in of_kind(nodes.events(first), "step")
-                              if e["step"] >= 10], 120, "first node training")
-            started = time.time()
-            nodes.start()
-            for job in nodes.jobs.values():
-                job.wait(300)
-        finally:
-            nodes.stop()
-        steps = of_kind(nodes.events(first), "step")
-        last_small = max(e["t"] for e in steps if e["world_size"] == 1)
-        first_big = min(e["t"] for e in steps if e["world_size"] == 2)
-        resumed = [e for e in of_kind(nodes.events(), "resume") if e["world_size"] == 2]
-        return {"seconds": first_big - started, "gap": first_big - last_small,
-                "lost": max(e["steps_lost"] for e in resumed)}
-    finally:
-        if store:
-            store.stop()
-        cluster.close()
+    with _cluster_job(launcher, work) as (_, nodes):
+        first = nodes.start()
+        wait_for(lambda: [e for e in of_kind(nodes.events(first), "step")
+                          if e["step"] >= 10], 120, "first node training")
+        started = time.time()
+        nodes.start()
+        for job in nodes.jobs.values():
+            job.wait(300)
+    steps = of_kind(nodes.events(first), "step")
+    last_small = max(e["t"] for e in steps if e["world_size"] == 1)
+    first_big = min(e["t"] for e in steps if e["world_size"] == 2)
+    resumed = [e for e in of_kind(nodes.events(), "resume") if e["world_size"] == 2]
+    return {"seconds": first_big - started, "gap": first_big - last_small,
+            "lost": max(e["steps_lost"] for e in resumed)}
 
 
 SCENARIOS = {"crash": crash, "loss": loss, "join": join}
