@@ -45,6 +45,12 @@ def _nodes(cluster, tmp_path, endpoint, *extra, **kwargs) -> Nodes:
     return Nodes(cluster, tmp_path, endpoint, *COMMON, *extra, **kwargs)
 
 
+def _rank_zero_first(nodes: Nodes, a: str, b: str) -> tuple[str, str]:
+    """(the node training rank 0, the other one): losing rank 0's node is the hard case."""
+    leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+    return leader, b if leader == a else a
+
+
 def _stepping(nodes: Nodes, node: str, at_least: int, world_size: int | None = None):
     def ready():
         steps = of_kind(nodes.events(node), "step")
@@ -100,8 +106,7 @@ def test_losing_rank_zeros_node_leaves_the_survivor_training(cluster, store, req
     try:
         a, b = nodes.start(), nodes.start()
         _stepping(nodes, a, 5, world_size=2)
-        leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
-        survivor = b if leader == a else a
+        leader, survivor = _rank_zero_first(nodes, a, b)
         cluster.kill_node(leader)
         assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
     finally:
@@ -122,8 +127,7 @@ def test_a_partitioned_node_is_left_behind_and_nothing_hangs(cluster, store, tmp
     try:
         a, b = nodes.start(), nodes.start()
         _stepping(nodes, a, 5, world_size=2)
-        cut = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
-        survivor = b if cut == a else a
+        cut, survivor = _rank_zero_first(nodes, a, b)
         cluster.partition(cut)
         assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
     finally:
