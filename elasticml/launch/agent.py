@@ -1,10 +1,18 @@
 """Run a `LaunchPlan` on this node with torch elastic's own `LocalElasticAgent`.
 
 `launch()` follows `torch.distributed.launcher.api.launch_agent` (rendezvous handler from the
-registry, a `WorkerSpec`, the agent's `run()`), with one change: the agent is
-`ObservingAgent`, a subclass that only *reports* — every rendezvous round, worker failure
-(with the failing rank's own exception from its error file) and restart becomes an event in
-the run dir. Supervision, restarts and membership stay torch's.
+registry, a `WorkerSpec`, the agent's `run()`). The agent is `ObservingAgent`, a subclass that
+writes every rendezvous round, worker failure (with the failing rank's own exception from
+its error file) and restart to the run's events, and adds four things of its own:
+* the hang watchdog (`watchdog.py`), which turns a silent hang into an ordinary failure;
+* before it restarts its workers it says so in the round (`handler.regroup`), so the other
+  members wait for it instead of forming a round without it;
+* workers that failed only because a peer stopped to take a newcomer in (a planned regroup,
+  not a failure) are restarted as a membership change: they cost no `max_restarts`;
+* a worker that stopped on a problem with the user's input (exit status
+  `WORKER_INPUT_ERROR_EXIT`) ends the job at once with that one line: restarting cannot
+  fix it.
+Workers get `elastic.stop_grace` seconds between SIGTERM and SIGKILL (torch: 30 s).
 
 Failure modes an operator meets here:
 * rendezvous never completes: fewer than MIN nodes reached the endpoint within
@@ -22,19 +30,21 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 
 from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, WorkerState
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
 
+from elasticml.errors import WORKER_INPUT_ERROR_EXIT
 from elasticml.launch import rendezvous
 from elasticml.launch.plan import LaunchPlan
 from elasticml.launch.watchdog import HangWatchdog
 from elasticml.telemetry.events import EventLog
 
-MEMBERS_WAIT = timedelta(seconds=2)
+EXIT_BARRIER_S = 10
+"""How long an agent whose workers finished waits for the other nodes' workers to finish."""
+STOP_GRACE_ENV = "ELASTICML_STOP_GRACE"
 
 
 @dataclass
@@ -42,19 +52,21 @@ class Outcome:
     succeeded: bool
     failures: dict[int, dict]
     seconds: float
+    needed: bool = True
+    """False when the job finished while this node waited to join (a spare)."""
+
+
+class WorkerInputError(Exception):
+    """A worker stopped on a problem with the user's input; its one-line message."""
 
 
 class ObservingAgent(LocalElasticAgent):
-    """A `LocalElasticAgent` that writes what it sees to the event log and ends hung workers.
-
-    Supervision, restarts and membership stay torch's; the only action of its own is the hang
-    watchdog (`watchdog.py`), which turns a silent hang into an ordinary worker failure.
-    """
+    """A `LocalElasticAgent` that writes what it sees to the event log (see the module)."""
 
     def __init__(self, *args, events: EventLog, watchdog: HangWatchdog | None = None,
-                 node: str | None = None, **kwargs) -> None:
+                 node: str | None = None, stop_grace: float = 30.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.events, self.watchdog = events, watchdog
+        self.events, self.watchdog, self.stop_grace = events, watchdog, stop_grace
         self.node = node or socket.gethostname()
         self._round = 0
         self._last_world: int | None = None
@@ -66,7 +78,7 @@ class ObservingAgent(LocalElasticAgent):
         super()._rendezvous(worker_group)
         seconds = round(time.perf_counter() - started, 4)
         world = worker_group.group_world_size * worker_group.spec.local_world_size
-        members = self._exchange_members(worker_group)
+        members = _members(worker_group.spec.rdzv_handler)
         self.events.emit("rendezvous", round=self._round, seconds=seconds,
                          group_rank=worker_group.group_rank,
                          group_world_size=worker_group.group_world_size, world_size=world,
@@ -80,17 +92,6 @@ class ObservingAgent(LocalElasticAgent):
         self._round += 1
         self._last_world, self._last_members = world, members
 
-    def _exchange_members(self, worker_group) -> list[dict] | None:
-        """Every node's address, by group rank, through the round's own store (None if slow)."""
-        store, me = worker_group.store, {"node": self.node, "pid": os.getpid()}
-        keys = [f"elasticml/member/{r}" for r in range(worker_group.group_world_size)]
-        try:
-            store.set(keys[worker_group.group_rank], json.dumps(me))
-            store.wait(keys, MEMBERS_WAIT)
-            return [json.loads(store.get(key)) for key in keys]
-        except Exception:  # noqa: BLE001 - a peer gone right after the round; not worth failing
-            return None
-
     def _start_workers(self, worker_group):
         if self.watchdog is not None:
             self.watchdog.reset()
@@ -98,6 +99,9 @@ class ObservingAgent(LocalElasticAgent):
         self.events.emit("workers_started", restart_count=self._restart_count(),
                          pids=list(pids.values()))
         return pids
+
+    def _stop_workers(self, worker_group) -> None:
+        self._shutdown(timeout=int(round(self.stop_grace)))
 
     def _monitor_workers(self, worker_group) -> RunResult:
         result = super()._monitor_workers(worker_group)
@@ -107,20 +111,32 @@ class ObservingAgent(LocalElasticAgent):
                 if hung.killed:
                     self._cause = {"cause": "hang", "failed_rank": hung.rank,
                                    "local_rank": hung.local_rank, "node": self.node}
-        if result.state == WorkerState.FAILED:
-            described = [describe_failure(rank, f) for rank, f in result.failures.items()]
-            for info in described:
+        if result.state != WorkerState.FAILED:
+            return result
+        described = [describe_failure(rank, f) for rank, f in result.failures.items()]
+        refused = [d for d in described if d["exitcode"] == WORKER_INPUT_ERROR_EXIT]
+        if refused:
+            for info in refused:
                 self.events.emit("worker_failed", node=self.node, **info)
-            if not self._cause:
-                self._cause = root_cause(described, self.node)
+            raise WorkerInputError(refused[0]["error"])
+        if not self._cause and _ending_reason(worker_group.spec.rdzv_handler) == "join":
+            # A peer stopped its workers to take a newcomer in: ours lost their collective
+            # partner. A planned regroup, not a failure (the restart below says membership).
+            return RunResult(state=WorkerState.HEALTHY)
+        for info in described:
+            self.events.emit("worker_failed", node=self.node, **info)
+        if not self._cause:
+            self._cause = root_cause(described, self.node)
         return result
 
     def _restart_workers(self, worker_group) -> None:
+        handler = worker_group.spec.rdzv_handler
         if worker_group.state == WorkerState.HEALTHY:
-            cause = {"cause": "membership",
-                     "nodes_waiting": worker_group.spec.rdzv_handler.num_nodes_waiting()}
+            reason = _regroup(handler, "membership")
+            cause = {"cause": "membership", "reason": reason}
         else:
             cause = self._cause or {"cause": "failure"}
+            _regroup(handler, cause["cause"])
         self._cause = {}
         self.events.emit("restart", restart_count=self._restart_count(), **cause)
         super()._restart_workers(worker_group)
@@ -128,6 +144,24 @@ class ObservingAgent(LocalElasticAgent):
     def _restart_count(self) -> int:
         spec = self._worker_group.spec
         return spec.max_restarts - self._remaining_restarts
+
+
+def _members(handler) -> list[dict] | None:
+    """Every node of the round by group rank, from the round itself."""
+    membership = getattr(getattr(handler, "node", None), "membership", None)
+    if membership is None:
+        return None
+    return [{"node": card.name, "pid": card.pid} for card in membership.cards]
+
+
+def _regroup(handler, reason: str) -> str:
+    regroup = getattr(handler, "regroup", None)
+    return regroup(reason) if regroup is not None else reason
+
+
+def _ending_reason(handler) -> str | None:
+    ending_reason = getattr(handler, "ending_reason", None)
+    return ending_reason() if ending_reason is not None else None
 
 
 def root_cause(described: list[dict], node: str) -> dict:
@@ -169,6 +203,7 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
     os.environ.update(plan.env)
+    os.environ[STOP_GRACE_ENV] = str(plan.stop_grace)
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,
@@ -180,12 +215,13 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
         **plan.rdzv_configs,
     )
     os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = config.signals_to_handle
+    handler = get_rendezvous_handler(params)
     spec = WorkerSpec(
         role="trainer",
         local_world_size=plan.nproc_per_node,
         entrypoint=sys.executable,
         args=tuple(plan.worker_command()),
-        rdzv_handler=get_rendezvous_handler(params),
+        rdzv_handler=handler,
         max_restarts=plan.max_restarts,
         monitor_interval=plan.monitor_interval,
         local_addr=plan.local_addr,
@@ -193,29 +229,32 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     watchdog = HangWatchdog(plan.run_dir / "logs", plan.hang_timeout) if plan.hang_timeout \
         else None
     agent = ObservingAgent(spec=spec, logs_specs=config.logs_specs, start_method="spawn",
-                           events=events, watchdog=watchdog, node=plan.local_addr)
+                           exit_barrier_timeout=EXIT_BARRIER_S, events=events,
+                           watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace)
     events.emit("launch", nnodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
                 backend=plan.rdzv_backend, endpoint=plan.rdzv_endpoint, run_id=plan.run_id,
                 command=plan.torchrun_command())
     started = time.perf_counter()
-    shutdown_rdzv = True
     try:
         result = agent.run()
     except BaseException as err:
         from torch.distributed.elastic.multiprocessing.api import SignalException
 
-        shutdown_rdzv = not isinstance(err, SignalException)  # let others carry on
-        events.emit("agent_done", status="stopped" if not shutdown_rdzv else "error",
+        stopped = isinstance(err, SignalException | KeyboardInterrupt)
+        events.emit("agent_done", status="stopped" if stopped else "error",
                     error=f"{type(err).__name__}: {err}",
                     seconds=round(time.perf_counter() - started, 3))
         raise
     finally:
-        if shutdown_rdzv:
-            spec.rdzv_handler.shutdown()
+        # Closes the job only if this node's workers finished it; otherwise only says that
+        # this node left, so the others carry on.
+        handler.shutdown()
     seconds = time.perf_counter() - started
-    failed = result is None or result.is_failed()
-    failures = {} if result is None else {
-        rank: describe_failure(rank, f) for rank, f in result.failures.items()}
+    if result is None:  # the job finished while this node waited to join
+        events.emit("agent_done", status="not_needed", seconds=round(seconds, 3))
+        return Outcome(True, {}, seconds, needed=False)
+    failed = result.is_failed()
+    failures = {rank: describe_failure(rank, f) for rank, f in result.failures.items()}
     events.emit("agent_done", status="failed" if failed else "succeeded",
                 seconds=round(seconds, 3), failures=json.loads(json.dumps(failures)))
     return Outcome(not failed, failures, seconds)

@@ -56,7 +56,13 @@ def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:
         shares = "/".join(str(s) for s in sorted(set(bp.shares), reverse=True))
         lines.append(f"#   world {bp.world_size:>3}: global {bp.global_batch}, per rank {shares}, "
                      f"micro-batch {bp.micro_batch} x {bp.accumulation}, lr x{bp.lr_scale:g}")
-    lines += ["", "# equivalent torchrun command (run it on every node)", plan.torchrun_command()]
+    lines += ["", "# equivalent torchrun command (run it on every node)"]
+    from elasticml.launch.rendezvous import is_private
+
+    if not is_private(plan.rdzv_endpoint):
+        lines.append("# every node needs the same job key in ELASTICML_JOB_KEY (not shown) or "
+                     "elastic.rdzv.job_key_file")
+    lines.append(plan.torchrun_command())
     return "\n".join(lines)
 
 
@@ -65,6 +71,7 @@ def train(request: TrainRequest) -> int:
     if request.dry_run:
         print(dry_run_text(recipe, plan))
         return 0
+    _require_job_key(recipe, plan)
     run_dir = RunDir(plan.run_dir).create()
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
@@ -74,7 +81,7 @@ def train(request: TrainRequest) -> int:
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
-    from elasticml.launch.agent import launch
+    from elasticml.launch.agent import WorkerInputError, launch
     from elasticml.telemetry.console import LiveConsole, Progress
     from elasticml.telemetry.events import EventLog
 
@@ -91,6 +98,8 @@ def train(request: TrainRequest) -> int:
             print(f"stopped by a signal; run the same command to resume {plan.run_id}",
                   file=sys.stderr)
             return 130
+        except WorkerInputError as err:
+            raise UserError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - shown as one line; the events keep the detail
             raise UserError(f"{type(err).__name__}: {err}") from None
         finally:
@@ -103,9 +112,28 @@ def train(request: TrainRequest) -> int:
         print(f"training failed after {outcome.seconds:.1f} s: {causes or 'see the logs'}\n"
               f"details: elasticml report {run_dir.path}", file=sys.stderr)
         return 1
+    if not outcome.needed:
+        print(f"done: {plan.run_id} finished without this node (it waited as a spare) "
+              f"-> {run_dir.path}")
+        return 0
     summary = _final_summary(run_dir)
     print(f"done: {plan.run_id} in {outcome.seconds:.1f} s{summary} -> {run_dir.path}")
     return 0
+
+
+def _require_job_key(recipe: Recipe, plan: LaunchPlan) -> None:
+    """A rendezvous other machines can reach needs the job key on every node."""
+    from elasticml.jobkey import ENV, read_job_key
+    from elasticml.launch.rendezvous import is_private
+
+    if is_private(plan.rdzv_endpoint):
+        return
+    if read_job_key(recipe.elastic.rdzv.job_key_file) is None:
+        raise UserError(
+            f"the rendezvous at {plan.rdzv_endpoint} is reachable from other machines, so the "
+            f"job needs a key: set {ENV} to the same secret on every node (e.g. `export "
+            f"{ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))')`), or "
+            "elastic.rdzv.job_key_file")
 
 
 class _Follower(threading.Thread):

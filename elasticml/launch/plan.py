@@ -6,15 +6,19 @@ Two renderers read it and nothing else: `to_launch_config()` gives the
 come from the same value, the printed command runs the same job under plain `torchrun`.
 
 Environment set for every agent and worker:
-* `TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1` (unless `elastic.share_store`): in torch 2.13 the
-  shared store deadlocks scale-up and hands restarted workers stale keys.
 * `OMP_NUM_THREADS` = CPU cores // local workers: torch only sets 1, and only for nproc > 1.
+* `TORCH_ELASTIC_WORKER_IDENTICAL=1`: every node runs the same number of workers (the
+  rendezvous refuses a node that differs), so torch's agent computes global ranks from the
+  round alone instead of exchanging them through the store after the round is decided.
 
 Rendezvous backends are elasticml's own (`elasticml-c10d`, `elasticml-etcd-v2`), registered
 through torch's `torchrun.handlers` entry point, so `torchrun` finds them too. They run
-`launch/rounds.py`, a handler without heartbeats that regroups as soon as the survivors of a
-failure are back, and they take fractional timings where torchrun's stock ones take whole
-seconds.
+`launch/rounds.py`: a lost node is noticed by its peers' failed collectives (or its stopped
+beat), and a new round forms as soon as the group is back.
+
+The job key (`jobkey.py`) is never part of the plan: a launch whose rendezvous other
+machines can reach needs one in the environment (`ELASTICML_JOB_KEY`) or in a file
+(`elastic.rdzv.job_key_file`, whose path alone is passed on).
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class LaunchPlan:
     local_addr: str | None = None
     hang_timeout: float = 0.0
     """Seconds without progress after which the agent ends a worker (0: never)."""
+    stop_grace: float = 45.0
+    """Seconds between SIGTERM and SIGKILL when the agent stops its workers."""
     batch_plans: tuple[BatchPlan, ...] = field(default=())
 
     @property
@@ -134,6 +140,7 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
         worker_args=(str(Path(recipe_path).resolve()), *overrides),
         local_addr=elastic.local_addr,
         hang_timeout=elastic.hang_timeout,
+        stop_grace=elastic.stop_grace,
         batch_plans=batch_plans,
     )
 
@@ -145,19 +152,20 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
         "last_call_timeout": _num(rdzv.last_call),
         "regroup_wait": _num(rdzv.regroup_wait),
         "group_timeout": _num(rdzv.group_timeout),
+        "node_timeout": _num(rdzv.node_timeout),
         "training_hash": training_hash(recipe),
+        "nproc_per_node": str(recipe.elastic.nproc_per_node),
     }
     if rdzv.standalone_store:
         configs["is_host"] = "0"
+    if rdzv.job_key_file:
+        configs["job_key_file"] = str(Path(rdzv.job_key_file).expanduser().resolve())
     return configs
 
 
 def _environment(recipe: Recipe) -> dict[str, str]:
-    env = {}
-    if not recipe.elastic.share_store:
-        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    env["OMP_NUM_THREADS"] = str(threads_per_worker(recipe))
-    return env
+    return {"OMP_NUM_THREADS": str(threads_per_worker(recipe)),
+            "TORCH_ELASTIC_WORKER_IDENTICAL": "1"}
 
 
 def threads_per_worker(recipe: Recipe) -> int:

@@ -1,28 +1,36 @@
 """elasticml's rendezvous backends, registered with torch as `elasticml-c10d` / `elasticml-etcd-v2`.
 
 torch finds them through the `torchrun.handlers` entry point (see pyproject.toml), so the
-`torchrun` line printed by `--dry-run` uses them too. Both run `rounds.RoundRendezvous`, a
-handler without heartbeats that forms a new round as soon as the nodes of the last one are
-back (see its module for the protocol), over the store of torch's own storage backend: the
-c10d `TCPStore` (hosted by an agent or by `elasticml rendezvous serve`) or etcd's v2 API
-through torch's `EtcdStore`.
+`torchrun` line printed by `--dry-run` uses them too. Both run the round protocol
+(`rounds.py`, through `handler.RoundRendezvous`) over a store:
+* `elasticml-c10d`: a c10d `TCPStore` at the endpoint. An agent on the endpoint's machine
+  hosts it unless `is_host=0` (then `elasticml rendezvous serve` or another process does);
+  it listens only on the endpoint's address, never on every interface.
+* `elasticml-etcd-v2`: etcd's v2 API (`python-etcd`), as torch's own `etcd-v2` backend.
 
 Configuration keys (`--rdzv-conf` or `RendezvousParameters`), seconds as floats:
-join_timeout, last_call_timeout, regroup_wait, group_timeout, training_hash, plus the
-storage backend's own (is_host, read_timeout, protocol, ...).
+join_timeout, last_call_timeout, regroup_wait, group_timeout, node_timeout, training_hash,
+nproc_per_node, job_key_file, is_host (c10d), read_timeout.
 
-`training_hash` makes the handler a `RecipeGuard`: before a node takes part in any round it
-compares the hash of its resolved recipe (`recipe.load.training_hash`) with the one the run
-was started with, kept in the rendezvous store under the run id. A node with another recipe
-is refused before it joins, so the running nodes never see it and carry on.
+The job key (`jobkey.py`) signs every value the protocol writes: from `ELASTICML_JOB_KEY`,
+else the first line of `job_key_file`. A job on a private loopback store that has none gets a
+fresh one. The key is put in this process's environment, so the workers the agent starts
+sign the training state they broadcast with it too.
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from typing import Any
 
+from elasticml.errors import UserError
+from elasticml.jobkey import ENV, fresh_job_key, read_job_key
+
 BACKENDS = ("elasticml-c10d", "elasticml-etcd-v2")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def handler_factory() -> Callable[[Any], Any]:
@@ -39,32 +47,102 @@ def register() -> None:
 
 
 def create_handler(params):
-    from elasticml.launch.rounds import RoundRendezvous, Timings
+    from torch.distributed.elastic.rendezvous import RendezvousError
 
-    _, store = _storage(params)
+    from elasticml.launch.handler import RoundRendezvous
+    from elasticml.launch.kv import SealedKV
+    from elasticml.launch.records import Card, Terms
+    from elasticml.launch.rounds import RoundNode, Timings
+
+    key = _job_key(params)
+    kv, beat_kv, agent_store, hosts = _storage(params)
     timings = Timings(
         join_timeout=_seconds(params, "join_timeout", Timings.join_timeout),
         last_call=_seconds(params, "last_call_timeout", Timings.last_call),
         regroup_wait=_seconds(params, "regroup_wait", Timings.regroup_wait),
         group_timeout=_seconds(params, "group_timeout", Timings.group_timeout),
+        node_timeout=_seconds(params, "node_timeout", Timings.node_timeout),
     )
-    handler = RoundRendezvous(store, params.backend, params.run_id, params.min_nodes,
-                              params.max_nodes, params.local_addr, timings)
-    expected = params.get("training_hash")
-    if not expected:
-        return handler
-    from elasticml.launch.recipe_guard import RecipeGuard
+    timings = Timings(**{**timings.__dict__, "beat_interval": timings.node_timeout / 6})
+    addr = params.local_addr or socket.getfqdn()
+    me = Card(uuid.uuid4().hex[:12], params.local_addr or socket.gethostname(), addr, 0,
+              os.getpid())
+    terms = Terms(str(params.get("training_hash", "")),
+                  int(params.get("nproc_per_node", 0)), f"{params.min_nodes}:{params.max_nodes}")
+    try:
+        node = RoundNode(SealedKV(kv, key), params.run_id, terms, me, params.min_nodes,
+                         params.max_nodes, timings, free_port=lambda: free_port(addr),
+                         beat_kv=SealedKV(beat_kv, key))
+    except ValueError as err:
+        raise RendezvousError(str(err)) from None
+    return RoundRendezvous(node, agent_store, params.backend, hosts_store=hosts,
+                           store_timeout=_seconds(params, "read_timeout", 60.0))
 
-    return RecipeGuard(handler, store, params.run_id, expected)
+
+def _job_key(params) -> bytes:
+    try:
+        key = read_job_key(params.get("job_key_file"))
+    except UserError as err:
+        from torch.distributed.elastic.rendezvous import RendezvousError
+
+        raise RendezvousError(str(err)) from None
+    if key is None:
+        if not is_private(params.endpoint):
+            from torch.distributed.elastic.rendezvous import RendezvousError
+
+            raise RendezvousError(
+                f"no job key: a rendezvous at {params.endpoint} is reachable by other machines; "
+                f"set {ENV} (the same on every node) or elastic.rdzv.job_key_file")
+        key = fresh_job_key()
+    os.environ[ENV] = key.decode()
+    return key
+
+
+def is_private(endpoint: str | None) -> bool:
+    """A loopback endpoint: only this machine can reach the store."""
+    host = (endpoint or "127.0.0.1:0").rsplit(":", 1)[0].strip("[]")
+    return host in LOOPBACK
 
 
 def _storage(params):
-    """torch's own storage backend, chosen by our backend's suffix: (backend, store)."""
+    """(protocol connection, beat connection, torch store for the agent, hosts the store)."""
+    from elasticml.launch.kv import EtcdV2KV, TCPStoreKV
+
+    timeout = _seconds(params, "read_timeout", 60.0)
     if params.backend.endswith("etcd-v2"):
         from torch.distributed.elastic.rendezvous.etcd_rendezvous_backend import create_backend
-    else:
-        from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
-    return create_backend(params)
+
+        _, store = create_backend(params)
+        kv = EtcdV2KV(store.client)
+        return kv, kv.clone(), store, False
+    from elasticml.launch.store import c10d_store
+
+    host, port = _host_port(params.endpoint)
+    made = c10d_store(host, port, params.get_as_bool("is_host", None), timeout)
+    kv = TCPStoreKV(made.store, made.connect, timeout, keep=made.listener)
+    return kv, kv.clone(), made.connect(), made.hosted
+
+
+def free_port(addr: str) -> int:
+    """A port free on `addr` right now (rank 0's process group store will listen on it)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((addr, 0))
+            return probe.getsockname()[1]
+    except OSError:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("", 0))
+            return probe.getsockname()[1]
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, _, port = (endpoint or "127.0.0.1:0").rpartition(":")
+    if not host or not port.isdigit():
+        from torch.distributed.elastic.rendezvous import RendezvousError
+
+        raise RendezvousError(f"rendezvous endpoint {endpoint!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def _seconds(params, key: str, default: float) -> float:

@@ -1,69 +1,56 @@
-"""`RoundRendezvous`: membership in numbered rounds over a c10d `Store`, driven by events.
+"""Who trains together: membership in numbered rounds, each decided by one compare-and-set.
 
-torch's `DynamicRendezvousHandler` learns that a node is gone when its keep-alives stop, which
-costs at least two heartbeats plus a fixed 1 s poll per state sync: ~6 s from a node loss to
-the next step on our machines. This handler keeps no heartbeats at all. A lost node is
-noticed by the training itself: its peers' collectives fail within ~0.1 s, their agents
-restart the worker group and come back to the rendezvous, and the dead node simply never
-does. Every decision below is taken by whichever member sees it first, with atomic `add`s on
-the store, so the same code runs over a c10d `TCPStore` and over torch's `EtcdStore`.
+A job's nodes meet in rounds kept in the rendezvous store (`records.py` has the layout). A
+node appends its card to the open round; any member may decide the round, by replacing the
+open round's exact content with the list of members in rank order. That one
+compare-and-set is the decision: there is never a half-decided round, so a node that dies
+between any two store operations leaves nothing the others must repair. Every step below is
+one bounded pass of non-blocking reads and at most one write, so the same code runs in the
+agent (looping with short sleeps) and in the model-based tests (stepping nodes in any order,
+crashing them between any two operations).
 
-Protocol (keys under `/elasticml/<run_id>/`):
-* `closed_rounds` is the number of rounds already decided, so it is also the index `r` of
-  the open round. A node joins it with `idx = add("r<r>/count", 1)`; a node that was a
-  member of round r-1 also counts itself in `r<r>/back`.
-* While the round is open every member polls (every `POLL_S`) and closes it when the first
-  of these holds: `max_nodes` are in; every member of round r-1 is back (a join: the running
-  group restarted to take the newcomer in); some of round r-1 are back and `regroup_wait`
-  has passed since the first of them (a failure: the rest are dead or partitioned); there
-  is no running group (the first round, or round r-1's members never came back within
-  `group_timeout`) and `last_call` has passed since `min_nodes` were in.
-* Closing: the member whose `add("r<r>/closer", 1)` returns 1 writes `r<r>/size` = min(count,
-  max_nodes) and increments `closed_rounds`. Members with `idx <= size` form the round
-  (rank `idx - 1`); a later node is late and joins round r+1 at once.
-* `num_nodes_waiting()` of a member of round r is the count of round r+1 (or at least 1 if
-  rounds were decided without it): torch's agent polls it at every monitor tick and
-  restarts its workers into the next round when it is positive. That is how joins happen,
-  and how a node left behind by a partition finds out.
-* `set_closed()` (the job is over) writes `closed`: later joiners get
-  `RendezvousClosedError`. No quorum within `join_timeout`: `RendezvousTimeoutError`.
+When a round may be decided, for open round r with the members M of round r - 1:
+* no member of M has come back and some of M are alive: a group is training. Newcomers
+  wait for it to take them in (it does so at its next monitor tick while it has room);
+  when it is full they wait as spares.
+* no group (the job's start, or every member of M lost): once `min_nodes` live nodes are
+  in, wait `last_call` for more, then start (at once with `max_nodes`).
+* members of M are coming back (a failure, a lost node, a join): wait for those who said
+  they are coming, up to `group_timeout`, and `regroup_wait` for the silent ones (lost or
+  cut off); then members = the returning ones, in their old rank order, plus newcomers up
+  to `max_nodes`. The rest stay in the next round: spares.
+Liveness comes from beats (`liveness.py`): a node that joined and died is left out, or, if
+the round was decided with it, its peers see it lost and regroup within `node_timeout`.
 
-What the agent and the workers get: a `PrefixStore` private to the round
-(`/elasticml/<run_id>/r<r>/group/`) and a `MASTER_ADDR`/`MASTER_PORT` written there by rank 0
-(`RendezvousStoreInfo.build`), so restarted workers never read a previous group's keys.
-`use_agent_store` is False: rank 0's worker hosts its own store for the process group.
+A member learns that its group must regroup through `watch()`, which torch's agent calls at
+every monitor tick (as `num_nodes_waiting`): a member lost, a newcomer the group has room
+for, a peer already regrouping, or rounds decided without it. The first member to see it
+writes the round's *ending* with the reason, so that a peer whose workers then fail can
+tell a planned regroup (a join) from a failure.
 
-Failure modes:
-* a node dies between joining a round and the round closing: its peers wait for its rank
-  information in the agent's store reads and fail after the store timeout (the c10d
-  backend's `read_timeout`, 60 s by default); the job restarts without it;
-* the member that won the close dies before writing the size: the others time out at
-  `join_timeout` (the window is two store operations wide);
-* the store is lost: with the store inside an agent that ends the job; with
-  `elasticml rendezvous serve` or etcd the state outlives any training node.
+Generations: the store may outlive a job (a standalone store, etcd). A job that finished
+leaves `closed`; a job whose nodes all left or stopped beating is stale. Either way the next
+launch of the run id starts a new generation with clean keys, instead of failing on the
+old job's state. A generation that is alive with other terms (another recipe) or another
+job key is refused: two jobs never share rounds.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from torch.distributed import PrefixStore
-from torch.distributed.elastic.rendezvous import (
-    RendezvousClosedError,
-    RendezvousConnectionError,
-    RendezvousError,
-    RendezvousHandler,
-    RendezvousInfo,
-    RendezvousStoreInfo,
-    RendezvousTimeoutError,
-)
+from elasticml.launch.kv import SealedKV
+from elasticml.launch.liveness import LEFT, Liveness
+from elasticml.launch.records import Card, Ending, Keys, Round, Terms, dump
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.03
-"""How often a member of an open round looks at the store."""
+"""How often a node in an open round looks at the store."""
 
 
 @dataclass(frozen=True)
@@ -71,157 +58,450 @@ class Timings:
     join_timeout: float = 600.0
     """No round formed within this many seconds: give up."""
     last_call: float = 0.5
-    """With no running group: wait this long for more nodes once `min_nodes` are in."""
+    """With no group training: wait this long for more nodes once `min_nodes` are in."""
     regroup_wait: float = 0.3
-    """Once one member of the running group is back, wait this long for the rest."""
-    group_timeout: float = 10.0
-    """How long a newcomer waits for the running group to come back and take it in."""
+    """Once members come back, wait this long for members that said nothing."""
+    group_timeout: float = 60.0
+    """Once members come back, wait up to this long for members that said they are coming
+    (they are stopping their workers, which save first)."""
+    node_timeout: float = 3.0
+    """A node whose beat has not moved for this long is lost."""
+    beat_interval: float = 0.5
 
 
-class RoundRendezvous(RendezvousHandler):
-    """torch's `RendezvousHandler` over a `Store`, with the round protocol of this module."""
+class JobFinished(Exception):
+    """The job this node waited to join has finished."""
 
-    def __init__(self, store, backend: str, run_id: str, min_nodes: int, max_nodes: int,
-                 local_addr: str | None = None, timings: Timings = Timings()) -> None:
-        if not 1 <= min_nodes <= max_nodes:
-            raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {min_nodes}:{max_nodes}")
-        self._store, self._backend, self._run_id = store, backend, run_id
-        self._min, self._max = min_nodes, max_nodes
-        self._local_addr, self._timings = local_addr, timings
-        self._prefix = f"/elasticml/{run_id}/"
-        self._round: int | None = None
-        """The round this node is a member of, once `next_rendezvous` returned."""
 
-    # --- RendezvousHandler ----------------------------------------------------------------
+class Refused(Exception):
+    """This node may not take part (another recipe, another job key, other terms)."""
 
-    def get_backend(self) -> str:
-        return self._backend
+
+class NoQuorum(Exception):
+    """Fewer than `min_nodes` nodes within `join_timeout`."""
+
+
+@dataclass(frozen=True)
+class Membership:
+    round: int
+    rank: int
+    cards: tuple[Card, ...]
 
     @property
-    def use_agent_store(self) -> bool:
+    def world_size(self) -> int:
+        return len(self.cards)
+
+    @property
+    def ids(self) -> list[str]:
+        return [card.id for card in self.cards]
+
+    @property
+    def master(self) -> Card:
+        return self.cards[0]
+
+
+@dataclass
+class _Joining:
+    number: int
+    started: float
+    card: Card
+    quorum_at: float | None = None
+    back_at: float | None = None
+
+
+@dataclass
+class RoundNode:
+    """One node's side of the protocol; not thread-safe except `beat()` next to the rest."""
+
+    kv: SealedKV
+    run_id: str
+    terms: Terms
+    me: Card
+    """This node's card; its port is replaced by a fresh free one at every join."""
+    min_nodes: int
+    max_nodes: int
+    timings: Timings = field(default_factory=Timings)
+    clock: Callable[[], float] = time.monotonic
+    free_port: Callable[[], int] = lambda: 0
+    beat_kv: SealedKV | None = None
+    """The connection `beat()` uses (another thread's); default: `kv`."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_nodes <= self.max_nodes:
+            raise ValueError(f"need 1 <= min_nodes <= max_nodes, got {self.min_nodes}:"
+                             f"{self.max_nodes}")
+        self.keys = Keys(self.run_id)
+        self.liveness = Liveness(self.timings.node_timeout, self.clock)
+        self.gen: int | None = None
+        self.membership: Membership | None = None
+        self._joining: _Joining | None = None
+        self._beats = 0
+        self._beat_gen: int | None = None
+        self._left = False
+        self._gen_checked = float("-inf")
+
+    # --- rendezvous -----------------------------------------------------------------------
+
+    def rendezvous_step(self) -> Membership | None:
+        """One bounded step of finding the job's generation and joining its open round; the
+        membership once a round includes this node.
+
+        Raises `Refused` (another recipe or job key runs under this run id), `JobFinished`
+        (the job closed while this node waited) and `NoQuorum` (`join_timeout` passed)."""
+        if self.gen is None:
+            self._enter_step()
+            return None
+        if self._generation_moved():
+            self._forsake_generation()
+            return None
+        return self._join_step()
+
+    def _generation_moved(self) -> bool:
+        """Whether the run went on to another generation without this node (a newcomer took
+        this one for dead: its nodes were silent for `node_timeout`). Checked every
+        `node_timeout / 3` seconds."""
+        now = self.clock()
+        if now - self._gen_checked < self.timings.node_timeout / 3:
+            return False
+        self._gen_checked = now
+        value = self.kv.peek(self.keys.gen)
+        return value is None or int(json.loads(value)["g"]) != self.gen
+
+    def _forsake_generation(self) -> None:
+        logger.warning("run %s: generation %s was replaced; joining the current one",
+                       self.run_id, self.gen)
+        self.gen = self.membership = self._joining = None
+        self._beat_gen = None
+
+    # --- generations ----------------------------------------------------------------------
+
+    def _enter_step(self) -> bool:
+        """One step towards the generation to join; True once this node is in it."""
+        raw = self.kv.inner.get(self.keys.gen)
+        if raw is None:
+            self.kv.compare_and_set(self.keys.gen, None, dump({"g": 0}))
+            return False
+        foreign = self.kv.signed_by_other_key(self.keys.gen)
+        gen = int(json.loads(self.kv.peek(self.keys.gen))["g"])
+        if foreign:
+            verdict = self._verdict(gen, readable=False)
+            if verdict == "alive":
+                raise Refused(f"run {self.run_id!r} is running on this store under another job "
+                              "key: give every node the same ELASTICML_JOB_KEY, or use another "
+                              "--run-id")
+            if verdict == "dead":
+                self._next_generation(gen, raw)
+            return False
+        if self._get(self.keys.in_gen(gen, "closed")) is not None:
+            self._next_generation(gen, raw)
+            return False
+        terms = self._get(self.keys.in_gen(gen, "terms"))
+        if terms is None:
+            self._beat_in(gen)
+            self.kv.compare_and_set(self.keys.in_gen(gen, "terms"), None, dump(
+                {**self._terms_json(), "creator": self.me.id}))
+            return False
+        theirs = json.loads(terms)
+        creator = theirs.pop("creator", None)
+        if creator == self.me.id:
+            self.gen = gen
+            return True
+        differences = Terms(**theirs).differences(self.terms)
+        verdict = self._verdict(gen, readable=True, creator=creator)
+        if differences and verdict == "alive":
+            raise Refused(f"run {self.run_id!r} is running with other settings ("
+                          f"{'; '.join(differences)}): start every node with the same recipe, "
+                          "overrides and flags, or use another --run-id")
+        if verdict == "dead":
+            self._next_generation(gen, raw)
+            return False
+        if verdict == "alive" and not differences:
+            self.gen = gen
+            self._beat_in(gen)
+            return True
         return False
 
-    def get_run_id(self) -> str:
-        return self._run_id
+    def _verdict(self, gen: int, readable: bool, creator: str | None = None) -> str | None:
+        """alive | dead | None (not known yet) for a generation, from the beats of the nodes it
+        names. A generation that names nobody but its creator waits on the creator."""
+        known = set(self._nodes_of(gen, readable))
+        if creator:
+            known.add(creator)
+        known.discard(self.me.id)
+        if not known:
+            return "alive"
+        self.liveness.watch(known)
+        for node_id in known:
+            self.liveness.observe(node_id, self.kv.peek(self.keys.beat(gen, node_id)))
+        if any(self.liveness.proven_alive(n) for n in known):
+            return "alive"
+        if not any(self.liveness.alive(n) for n in known):
+            return "dead"
+        return None
 
-    def next_rendezvous(self) -> RendezvousInfo:
-        previous, self._round = self._round, None
-        deadline = time.monotonic() + self._timings.join_timeout
-        try:
-            rnd, rank, size = self._join(previous, deadline)
-        except RendezvousError:
-            raise
-        except Exception as err:  # noqa: BLE001 - any store failure means the same to torch
-            raise RendezvousConnectionError(
-                f"rendezvous store unreachable for run {self._run_id!r}: {err}") from err
-        self._round = rnd
-        group = PrefixStore(f"{self._prefix}r{rnd}/group/", self._store)
-        info = RendezvousStoreInfo.build(rank, group, local_addr=self._local_addr)
-        logger.info("run %s: round %d, rank %d of %d", self._run_id, rnd, rank, size)
-        return RendezvousInfo(group, rank, size, info)
+    def _nodes_of(self, gen: int, readable: bool) -> list[str]:
+        read = self._get if readable else self.kv.peek
+        latest = read(self.keys.in_gen(gen, "latest"))
+        number = int(latest) if latest else 0
+        found: list[str] = []
+        for r in (number, number + 1):
+            value = read(self.keys.round(gen, r))
+            if value:
+                found += [c["id"] for c in json.loads(value)["cards"]]
+        return found
 
-    def is_closed(self) -> bool:
-        return self._store.check([self._key("closed")])
+    def _next_generation(self, gen: int, raw: bytes) -> None:
+        """Replace generation `gen` (finished or stale) with a clean one; its keys go."""
+        desired = self.kv.seal(dump({"g": gen + 1}))
+        if not self.kv.inner.compare_and_set(self.keys.gen, raw, desired):
+            return
+        logger.info("run %s: generation %d is over; starting generation %d", self.run_id, gen,
+                    gen + 1)
+        known = self.liveness.watched()
+        self.kv.delete(self.keys.fixed(gen) + [self.keys.beat(gen, n) for n in known])
+        self.kv.delete_prefix(self.keys.generation(gen))
+        self.liveness.forget(known)
 
-    def set_closed(self) -> None:
-        self._store.set(self._key("closed"), "1")
+    def _terms_json(self) -> dict:
+        return {"training_hash": self.terms.training_hash,
+                "nproc_per_node": self.terms.nproc_per_node, "nnodes": self.terms.nnodes}
 
-    def num_nodes_waiting(self) -> int:
-        if self._round is None:
-            return 0
-        open_round = self._open_round()
-        waiting = self._count(open_round, "count")
-        if open_round > self._round + 1:  # rounds were decided without this node
-            return max(1, waiting)
-        return waiting
+    # --- rounds ---------------------------------------------------------------------------
 
-    def shutdown(self) -> bool:
-        self.set_closed()
-        return True
-
-    # --- the protocol ---------------------------------------------------------------------
-
-    def _join(self, previous: int | None, deadline: float) -> tuple[int, int, int]:
-        """(round, rank, world size) of the first round this node makes it into."""
-        rnd = self._open_round()
-        while True:
-            self._refuse_if_closed()
-            idx = self._store.add(self._key(f"r{rnd}/count"), 1)
-            returning = previous is not None and previous == rnd - 1
-            if returning:
-                self._store.add(self._key(f"r{rnd}/back"), 1)
-            size = self._await_size(rnd, deadline)
-            if idx <= size:
-                return rnd, idx - 1, size
-            logger.info("run %s: late for round %d, joining round %d", self._run_id, rnd,
-                        rnd + 1)
-            rnd += 1
-
-    def _await_size(self, rnd: int, deadline: float) -> int:
-        """Poll round `rnd` until someone (maybe this node) decides its size."""
-        group = self._size(rnd - 1) if rnd > 0 else 0
-        started = time.monotonic()
-        quorum_at = back_at = None
-        while True:
-            decided = self._size(rnd)
-            if decided is not None:
-                return decided
-            self._refuse_if_closed()
-            now = time.monotonic()
-            count, back = self._count(rnd, "count"), self._count(rnd, "back")
-            if group and not back and now - started >= self._timings.group_timeout:
-                logger.info("run %s: the group of round %d did not come back", self._run_id,
-                            rnd - 1)
-                group = 0
-            if count >= self._min:
-                quorum_at = quorum_at or now
-                if back:
-                    back_at = back_at or now
-                if self._ready(count, back, group, now - quorum_at,
-                               now - back_at if back_at else 0.0):
-                    self._close(rnd)
-                    continue
-            if now >= deadline:
-                raise RendezvousTimeoutError(
-                    f"run {self._run_id!r}: {count} of at least {self._min} nodes joined "
-                    f"round {rnd} within {self._timings.join_timeout:g} s")
-            time.sleep(POLL_S)
-
-    def _ready(self, count: int, back: int, group: int, since_quorum: float,
-               since_back: float) -> bool:
-        """Whether a round with `min_nodes` in may close now (see the module docstring)."""
-        if count >= self._max:
-            return True
-        if not group:
-            return since_quorum >= self._timings.last_call
-        if back >= group:
-            return True
-        return back > 0 and since_back >= self._timings.regroup_wait
-
-    def _close(self, rnd: int) -> None:
-        if self._store.add(self._key(f"r{rnd}/closer"), 1) != 1:
-            return  # another member is closing it; its size shows up at the next poll
-        size = min(self._count(rnd, "count"), self._max)
-        self._store.set(self._key(f"r{rnd}/size"), str(size))
-        self._store.add(self._key("closed_rounds"), 1)
-
-    # --- store reads ----------------------------------------------------------------------
-
-    def _key(self, name: str) -> str:
-        return self._prefix + name
-
-    def _open_round(self) -> int:
-        return self._store.add(self._key("closed_rounds"), 0)
-
-    def _count(self, rnd: int, name: str) -> int:
-        return self._store.add(self._key(f"r{rnd}/{name}"), 0)
-
-    def _size(self, rnd: int) -> int | None:
-        key = self._key(f"r{rnd}/size")
-        if not self._store.check([key]):
+    def _join_step(self) -> Membership | None:
+        gen, now = self._in_generation(), self.clock()
+        joining = self._joining
+        if joining is None:
+            card = Card(self.me.id, self.me.name, self.me.addr, self.free_port(), self.me.pid)
+            joining = self._joining = _Joining(self._latest() + 1, now, card)
+            self._forget_the_departed()
+        if self._get(self.keys.in_gen(gen, "closed")) is not None:
+            raise JobFinished(f"run {self.run_id!r} has finished")
+        if now - joining.started > self.timings.join_timeout:
+            raise NoQuorum(f"run {self.run_id!r}: fewer than {self.min_nodes} nodes joined "
+                           f"within {self.timings.join_timeout:g} s")
+        slot = self._slot(self.keys.round(gen, joining.number), Round.decode)
+        found = slot if isinstance(slot, Round) and slot.number == joining.number else None
+        if isinstance(slot, Round) and slot.number > joining.number:
+            self._from_latest(joining)  # this node fell far behind
             return None
-        return int(self._store.get(key))
+        if found is None:
+            self._open(gen, joining, slot)
+            return None
+        if found.open:
+            if joining.card.id not in found.ids:
+                grown = Round(found.number, True, (*found.cards, joining.card))
+                self.kv.compare_and_set(self.keys.round(gen, found.number), found.raw,
+                                        grown.encode())
+                return None
+            members = self._ready(gen, joining, found, now)
+            if members is not None:
+                decided = Round(found.number, False, tuple(members))
+                if self.kv.compare_and_set(self.keys.round(gen, found.number), found.raw,
+                                           decided.encode()):
+                    self._decided(gen, found.number, members)
+            return None
+        if joining.card.id in found.ids:
+            self._joining = None
+            self.membership = Membership(found.number, found.ids.index(joining.card.id),
+                                         found.cards)
+            self.liveness.watch(found.ids)
+            return self.membership
+        joining.number += 1  # decided without this node: late, or a spare
+        joining.quorum_at = joining.back_at = None
+        return None
 
-    def _refuse_if_closed(self) -> None:
-        if self.is_closed():
-            raise RendezvousClosedError(f"run {self._run_id!r} has finished")
+    def _open(self, gen: int, joining: _Joining, previous_content) -> None:
+        """Open round `joining.number` in a slot that holds an older round (or nothing), but
+        only once the round before it is decided."""
+        if joining.number > 0:
+            before = self._round(gen, joining.number - 1)
+            if before is None or before.open:
+                self._from_latest(joining)  # out of date
+                return
+        raw = previous_content.raw if previous_content is not None else None
+        opened = Round(joining.number, True, (joining.card,))
+        self.kv.compare_and_set(self.keys.round(gen, joining.number), raw, opened.encode())
+
+    def _from_latest(self, joining: _Joining) -> None:
+        joining.number = self._latest() + 1
+        joining.quorum_at = joining.back_at = None
+
+    def _forget_the_departed(self) -> None:
+        """Stop watching nodes that are gone and belong to no round this node is in."""
+        mine = set(self.membership.ids) if self.membership else set()
+        gone = [n for n in self.liveness.watched() if n not in mine and not self._alive(n)]
+        self.liveness.forget(gone)
+
+    def _ready(self, gen: int, joining: _Joining, rnd: Round, now: float) -> list[Card] | None:
+        """The members of `rnd` if it may be decided now (rules in the module docstring)."""
+        previous = self._round(gen, rnd.number - 1) if rnd.number > 0 else None
+        group = list(previous.cards) if previous is not None and not previous.open else []
+        ending = self._ending(gen, rnd.number - 1)
+        coming = set(ending.coming) if ending else set()
+        self.liveness.watch(rnd.ids + [c.id for c in group])
+        present = [c for c in rnd.cards if self._alive(c.id)]
+        if len(present) < self.min_nodes:
+            joining.quorum_at = None
+            return None
+        old = {c.id: rank for rank, c in enumerate(group)}
+        back = sorted((c for c in present if c.id in old), key=lambda c: old[c.id])
+        new = [c for c in present if c.id not in old]
+        away = [c for c in group if c.id not in rnd.ids and self._alive(c.id)]
+        if not back:
+            if away:
+                return None  # a group trains: it takes newcomers in at its next tick
+            joining.quorum_at = joining.quorum_at or now
+            if len(present) < self.max_nodes and now - joining.quorum_at < \
+                    self.timings.last_call:
+                return None
+            return present[:self.max_nodes]
+        joining.back_at = joining.back_at or now
+        waited = now - joining.back_at
+        for card in away:
+            limit = self.timings.group_timeout if card.id in coming else \
+                self.timings.regroup_wait
+            if waited < limit:
+                return None
+        return (back + new)[:self.max_nodes]
+
+    def _decided(self, gen: int, number: int, members: list[Card]) -> None:
+        """Bookkeeping of the node whose decision won: move `latest`, drop the beats of
+        members of the round before that are gone."""
+        latest_key = self.keys.in_gen(gen, "latest")
+        current = self._get(latest_key)
+        if current is None or int(current) < number:
+            self.kv.compare_and_set(latest_key, current, str(number).encode())
+        previous = self._round(gen, number - 1) if number > 0 else None
+        if previous is None:
+            return
+        staying = {c.id for c in members}
+        gone = [c.id for c in previous.cards if c.id not in staying and not self._alive(c.id)]
+        if gone:
+            self.kv.delete([self.keys.beat(gen, node_id) for node_id in gone])
+
+    # --- while the group trains -----------------------------------------------------------
+
+    def watch(self) -> int:
+        """How many nodes wait for this node's group to regroup (torch's `num_nodes_waiting`):
+        positive when the group must regroup now."""
+        if self.membership is None or self.gen is None:
+            return 0
+        gen, mine = self.gen, self.membership
+        if self._generation_moved():
+            self._forsake_generation()
+            return 1
+        if self._ending(gen, mine.round) is not None:
+            return 1
+        lost = [c for c in mine.cards if c.id != self.me.id and not self._alive(c.id)]
+        if lost:
+            self.end_round("lost", coming=False)
+            return 1
+        slot = self._slot(self.keys.round(gen, mine.round + 1), Round.decode)
+        if not isinstance(slot, Round) or slot.number < mine.round + 1:
+            latest = self._latest()
+            return 1 if latest > mine.round else 0
+        if slot.number > mine.round + 1 or not slot.open:
+            return 1  # rounds were decided without this node
+        newcomers = [c for c in slot.cards if c.id not in mine.ids]
+        self.liveness.watch(c.id for c in newcomers)
+        room = self.max_nodes - mine.world_size
+        admissible = min(room, sum(1 for c in newcomers if self._alive(c.id)))
+        if admissible > 0:
+            self.end_round("join", coming=False)
+            return admissible
+        return 0
+
+    def end_round(self, reason: str, coming: bool) -> str:
+        """Record that this node's round is ending (and, with `coming`, that this node is on
+        its way to the next one). Returns the round's reason: the first node's."""
+        if self.membership is None or self.gen is None:
+            return reason
+        key = self.keys.ending(self.gen, self.membership.round)
+        for _ in range(50):
+            slot = self._slot(key, Ending.decode)
+            current = slot if isinstance(slot, Ending) and \
+                slot.number == self.membership.round else None
+            if current is not None and (not coming or self.me.id in current.coming):
+                return current.reason
+            if current is None:
+                desired = Ending(self.membership.round, reason, (self.me.id,) if coming else ())
+                expected = slot.raw if isinstance(slot, Ending) else None
+            else:
+                desired = Ending(current.number, current.reason, (*current.coming, self.me.id))
+                expected = current.raw
+            if self.kv.compare_and_set(key, expected, desired.encode()):
+                return desired.reason
+        return reason
+
+    def ending_reason(self) -> str | None:
+        """Why this node's round is ending, if it is (what the first node to regroup saw)."""
+        if self.membership is None or self.gen is None:
+            return None
+        ending = self._ending(self.gen, self.membership.round)
+        return ending.reason if ending else None
+
+    # --- beats and the end ----------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Move this node's beat and read the beats of the nodes it watches."""
+        gen = self._beat_gen
+        if gen is None or self._left:
+            return
+        kv = self.beat_kv or self.kv
+        self._beats += 1
+        kv.set(self.keys.beat(gen, self.me.id), str(self._beats).encode())
+        for node_id in self.liveness.watched():
+            if node_id != self.me.id:
+                self.liveness.observe(node_id, kv.peek(self.keys.beat(gen, node_id)))
+
+    def finish(self) -> None:
+        """The job is complete: nodes still waiting to join may leave; then leave."""
+        if self.gen is not None:
+            self.kv.set(self.keys.in_gen(self.gen, "closed"), b"1")
+        self.leave()
+
+    def leave(self) -> None:
+        """This node goes (any reason but a crash): the others need not wait for its beat."""
+        gen, self._left = self._beat_gen, True
+        if gen is not None:
+            (self.beat_kv or self.kv).set(self.keys.beat(gen, self.me.id), LEFT)
+
+    def others_gone(self) -> bool:
+        """Every node this node knows of has left or stopped beating."""
+        return not any(self._alive(n) for n in self.liveness.watched())
+
+    # --- reading --------------------------------------------------------------------------
+
+    def _beat_in(self, gen: int) -> None:
+        if self._beat_gen != gen:
+            self._beat_gen = gen
+            self.beat()
+
+    def _in_generation(self) -> int:
+        if self.gen is None:
+            raise RuntimeError("this node has not entered a generation yet")
+        self._beat_in(self.gen)
+        return self.gen
+
+    def _alive(self, node_id: str) -> bool:
+        return node_id == self.me.id or self.liveness.alive(node_id)
+
+    def _latest(self) -> int:
+        value = self._get(self.keys.in_gen(self._in_generation(), "latest"))
+        return int(value) if value is not None else -1
+
+    def _round(self, gen: int, number: int) -> Round | None:
+        slot = self._slot(self.keys.round(gen, number), Round.decode)
+        return slot if isinstance(slot, Round) and slot.number == number else None
+
+    def _ending(self, gen: int, number: int) -> Ending | None:
+        slot = self._slot(self.keys.ending(gen, number), Ending.decode)
+        return slot if isinstance(slot, Ending) and slot.number == number else None
+
+    def _slot(self, key: str, decode):
+        value = self._get(key)
+        return None if value is None else decode(value)
+
+    def _get(self, key: str) -> bytes | None:
+        return self.kv.get(key)

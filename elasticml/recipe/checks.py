@@ -108,9 +108,15 @@ def _check_elastic(recipe: Recipe) -> list[Problem]:
     _positive(problems, "elastic.max_restarts", e.max_restarts, allow_zero=True)
     _positive(problems, "elastic.hang_timeout", e.hang_timeout)
     _positive(problems, "elastic.collective_timeout", e.collective_timeout)
-    for key in ("join_timeout", "last_call", "regroup_wait", "group_timeout"):
+    _positive(problems, "elastic.stop_grace", e.stop_grace)
+    for key in ("join_timeout", "last_call", "regroup_wait", "group_timeout", "node_timeout"):
         _positive(problems, f"elastic.rdzv.{key}", getattr(e.rdzv, key),
                   allow_zero=key in ("last_call", "regroup_wait"))
+    if 0 < e.stop_grace <= e.collective_timeout:
+        problems.append(("elastic.stop_grace", f"{e.stop_grace:g} s is not above "
+                         f"elastic.collective_timeout ({e.collective_timeout:g} s): a worker "
+                         "stopped while it waits in a collective would be killed before it "
+                         "saves; raise stop_grace or lower collective_timeout"))
     if e.rdzv.endpoint and not re.match(r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
                                         e.rdzv.endpoint):
         problems.append(("elastic.rdzv.endpoint", f"'{e.rdzv.endpoint}' is not HOST:PORT"))

@@ -243,14 +243,25 @@ class RendezvousConfig:
     in at the next step boundary, losing no steps."""
     regroup_wait: float = 0.3
     """After a failure: once the first node of the training group is back at the
-    rendezvous, wait this long for the rest of it; the nodes not back by then are left out
-    (lost or cut off). A round starts at once when the whole group is back."""
-    group_timeout: float = 10.0
-    """A node that arrives while a group trains waits this long for that group to stop and
-    take it in; past it the group is taken to be gone and the round starts without it."""
+    rendezvous, wait this long for the members that have not said they are coming back
+    (lost or cut off); the round then starts without them. It starts at once when the whole
+    group is back."""
+    group_timeout: float = 60.0
+    """After a failure or a join: how long to wait for members that said they are coming
+    back (they are stopping their workers, which save first). Keep it above
+    `elastic.stop_grace`."""
+    node_timeout: float = 3.0
+    """A node whose agent has not beaten for this long is lost: a node that died while it
+    joined a round, a group gone while a spare waits, a store left by a job that no longer
+    runs. (A node lost while training is noticed sooner, by its peers' failed collectives.)"""
     standalone_store: bool = False
     """c10d only: the store at `endpoint` is served by `elasticml rendezvous serve` (or another
     process), never by an agent, so losing any training node leaves the rendezvous intact."""
+    job_key_file: str | None = None
+    """File whose first line is the job key every node shares (or set `ELASTICML_JOB_KEY`):
+    rendezvous values and the training state broadcast are signed with it, so a process
+    without it cannot join or feed the workers. Needed when the endpoint is reachable from
+    other machines; never printed or written into the run dir."""
 
 
 @dataclass
@@ -264,11 +275,14 @@ class ElasticConfig:
     rdzv: RendezvousConfig = field(default_factory=RendezvousConfig)
     hang_timeout: float = 300.0
     """A worker with no progress for this many seconds is a failure (stacks are saved)."""
-    collective_timeout: float = 60.0
-    """Timeout of one collective; a dead peer is noticed sooner through its closed socket."""
-    share_store: bool = False
-    """Let workers reuse the agent's TCPStore (torch's default). Off: it deadlocks joins and
-    feeds restarted workers stale keys in torch 2.13."""
+    collective_timeout: float = 30.0
+    """Timeout of one collective: how long workers wait for a silent peer (a machine cut off
+    without closing its sockets). A dead peer is noticed sooner, through its closed socket.
+    Must stay below `stop_grace`, so that a worker stopped inside a collective still saves."""
+    stop_grace: float = 45.0
+    """Seconds a worker has after SIGTERM (a regroup, a preemption) to save the state of its
+    last completed step before the agent SIGKILLs it. Keep it above
+    `collective_timeout` + the time a checkpoint write takes."""
     local_addr: str | None = None
     """Address this node announces to the others; default: its hostname."""
 

@@ -25,9 +25,14 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
 
 
+TEST_JOB_KEY = "elasticml-tests-" + "5" * 48
+"""The job key every node of a test job shares (tests that need none or another say so)."""
+
+
 def env_with_repo(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.setdefault("ELASTICML_JOB_KEY", TEST_JOB_KEY)
     env.update(extra)
     return env
 

@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 from elasticml.cli import app
 from elasticml.errors import UserError
 from elasticml.launch.agent import root_cause
-from elasticml.launch.recipe_guard import CLOSED, claim_training_hash, hash_key
 from elasticml.launch.watchdog import _waiting_on_peers
 
 TINY = str(Path(__file__).parents[1] / "integration" / "tiny.yaml")
@@ -53,16 +52,6 @@ def test_a_standalone_store_never_hosts_in_an_agent():
     bad = _dry_run("--rdzv-backend", "etcd-v2", "--rdzv-endpoint", "10.0.0.1:2379",
                    "elastic.rdzv.standalone_store=true")
     _refused(bad, "standalone_store")
-
-
-def test_the_first_node_sets_the_training_hash_and_a_closed_run_takes_a_new_one():
-    from torch.distributed import HashStore
-
-    store = HashStore()
-    assert claim_training_hash(store, "r", "aaa") == "aaa"
-    assert claim_training_hash(store, "r", "bbb") == "aaa", "a later node sees the run's hash"
-    store.set(hash_key("r"), CLOSED)
-    assert claim_training_hash(store, "r", "bbb") == "bbb"
 
 
 def test_the_root_cause_is_the_killed_worker_not_the_one_the_agent_stopped():

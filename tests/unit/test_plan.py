@@ -24,11 +24,18 @@ def test_single_node_uses_a_private_local_store():
     assert plan.rdzv_backend == "elasticml-c10d"
 
 
-def test_environment_applies_the_store_fix_and_explicit_threads():
+def test_environment_sets_explicit_threads_and_identical_workers():
     plan = plan_for("trainer.threads=3")
-    assert plan.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
-    assert plan.env["OMP_NUM_THREADS"] == "3"
-    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in plan_for("elastic.share_store=true").env
+    assert plan.env == {"OMP_NUM_THREADS": "3", "TORCH_ELASTIC_WORKER_IDENTICAL": "1"}
+    assert plan.rdzv_configs["nproc_per_node"] == "2", "the rendezvous refuses a node that differs"
+
+
+def test_the_job_key_file_is_passed_by_path_and_the_key_never_shows(tmp_path):
+    key_file = tmp_path / "job.key"
+    key_file.write_text("s3cret-key-value-0123456789abcdef\n")
+    plan = plan_for(f"elastic.rdzv.job_key_file={key_file}")
+    assert plan.rdzv_configs["job_key_file"] == str(key_file)
+    assert "s3cret" not in plan.torchrun_command() and "s3cret" not in repr(plan)
 
 
 def test_fast_rendezvous_timings_reach_both_renderings():

@@ -1,153 +1,239 @@
-"""The round protocol of `launch/rounds.py` against a real in-process TCPStore, threads as nodes."""
+"""The round protocol, scenario by scenario, on the simulated cluster of `tests/roundsim.py`
+(one in-memory store, a fake clock): each test makes one way a job can go wrong happen."""
 
 from __future__ import annotations
 
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+import json
 
 import pytest
-from torch.distributed import TCPStore
-from torch.distributed.elastic.rendezvous import (
-    RendezvousClosedError,
-    RendezvousParameters,
-    RendezvousTimeoutError,
-)
 
-from elasticml.launch.rendezvous import create_handler
-from elasticml.launch.rounds import RoundRendezvous, Timings
+from elasticml.launch.records import RING, Terms
+from elasticml.launch.rounds import Timings
+from tests.roundsim import TERMS, Sim
 
-FAST = Timings(join_timeout=20, last_call=0.2, regroup_wait=0.2, group_timeout=5)
+T = Timings(join_timeout=10_000)
 
 
-@pytest.fixture
-def server():
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                     timeout=timedelta(seconds=10), multi_tenant=True)
-    yield store
-    del store
+def _member_ids(sim: Sim) -> set[str]:
+    return {n.name for n in sim.nodes if n.state == "member"}
 
 
-def node(server, min_nodes=1, max_nodes=2, timings=FAST) -> RoundRendezvous:
-    """A node with its own connection to the store, as on another machine."""
-    client = TCPStore("127.0.0.1", server.port, is_master=False,
-                      timeout=timedelta(seconds=10))
-    return RoundRendezvous(client, "elasticml-c10d", "job", min_nodes, max_nodes,
-                           local_addr="127.0.0.1", timings=timings)
+def test_a_node_that_joined_a_round_and_died_is_left_out_within_seconds():
+    sim = Sim(1, 3, T)
+    a, b = sim.add_node(), sim.add_node()
+    sim.run(2)
+    assert _member_ids(sim) == {"n0", "n1"}
+    ghost = sim.add_node()
+    _step_only(sim, ghost, until=lambda: "n2-id" in _joiners(sim))  # its card is in ...
+    ghost.die()  # ... and it dies before the round is decided
+    sim.run(T.node_timeout + 2.0)
+    assert _member_ids(sim) == {"n0", "n1"}, "the job goes on without the ghost"
+    assert sorted(a.node.membership.ids) == sorted(b.node.membership.ids) == ["n0-id", "n1-id"]
+    regroups = a.regroups
+    sim.run(20)
+    assert a.regroups == regroups, "and stays put"
 
 
-def together(*handlers):
-    """next_rendezvous() of every handler at once; their RendezvousInfo in the same order."""
-    with ThreadPoolExecutor(len(handlers)) as pool:
-        return list(pool.map(lambda h: h.next_rendezvous(), handlers))
+def test_a_node_that_was_decided_into_a_round_and_died_is_dropped_by_its_beat():
+    sim = Sim(1, 2, T)
+    a = sim.add_node()
+    ghost = sim.add_node()
+    sim.run(0.1)
+    ghost.die()  # in the first round with `a`, dead before it trained a step
+    sim.run(T.node_timeout + 2.0)
+    assert _member_ids(sim) == {"n0"}
+    assert a.node.membership.world_size == 1
 
 
-def in_background(handler):
-    """next_rendezvous() in a thread; `done` gets its "info" or its "error"."""
-    done: dict = {}
-
-    def run():
-        try:
-            done["info"] = handler.next_rendezvous()
-        except Exception as err:  # noqa: BLE001 - handed to the test
-            done["error"] = err
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, done
+def test_ctrl_c_in_the_first_rendezvous_lets_the_others_start_at_once():
+    sim = Sim(2, 2, T)
+    a, quitter = sim.add_node(), sim.add_node()
+    for _ in range(6):
+        sim.step(quitter)
+        sim.step(a)
+    sim.leave(quitter)  # KeyboardInterrupt: the agent says it left
+    c = sim.add_node()
+    sim.run(1.0)
+    assert _member_ids(sim) == {"n0", "n2"}
+    assert "n1-id" not in c.node.membership.ids
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+def test_a_node_beyond_max_waits_as_a_spare_and_steps_in_when_a_member_is_lost():
+    sim = Sim(1, 2, T)
+    for _ in range(3):
+        sim.add_node()
+    sim.run(5)
+    members = [n for n in sim.nodes if n.state == "member"]
+    [spare] = [n for n in sim.nodes if n.state == "joining"]
+    assert len(members) == 2
+    rounds = len(sim.decisions)
+    sim.run(30)
+    assert len(sim.decisions) == rounds, "a spare does not make the group regroup"
+    members[0].die()  # a member's node is lost
+    sim.run(1.5)
+    assert _member_ids(sim) == {members[1].name, spare.name}, "the spare took its place"
 
 
-def test_two_nodes_form_a_round_with_distinct_ranks_and_one_master(server):
-    a, b = node(server, 2, 2), node(server, 2, 2)
-    infos = together(a, b)
-    assert sorted(i.rank for i in infos) == [0, 1]
-    assert {i.world_size for i in infos} == {2}
-    masters = {(i.bootstrap_store_info.master_addr, i.bootstrap_store_info.master_port)
-               for i in infos}
-    assert len(masters) == 1 and masters.pop()[0] == "127.0.0.1"
-    assert not a.use_agent_store and a.get_backend() == "elasticml-c10d"
+def test_a_spare_leaves_when_the_job_finishes():
+    sim = Sim(1, 2, T)
+    for _ in range(3):
+        sim.add_node()
+    sim.run(3)
+    sim.finish()
+    sim.run(0.5)
+    assert sorted(n.state for n in sim.nodes) == ["finished", "finished", "finished"]
 
 
-def test_a_late_node_waits_for_the_next_round_and_the_group_takes_it_in(server):
-    a = node(server, 1, 3)
-    first = a.next_rendezvous()
-    assert (first.rank, first.world_size) == (0, 1)
-    assert a.num_nodes_waiting() == 0
-
-    b = node(server, 1, 3)
-    thread, done = in_background(b)
-    wait_until(lambda: a.num_nodes_waiting() == 1)
-    assert "info" not in done, "a newcomer waits for the running group, not the last call"
-
-    started = time.monotonic()
-    again = a.next_rendezvous()  # the agent restarts into the next round
-    thread.join(5)
-    assert time.monotonic() - started < FAST.last_call, "the whole group is back: no waiting"
-    assert again.world_size == done["info"].world_size == 2
-    assert {again.rank, done["info"].rank} == {0, 1}
-    assert a.num_nodes_waiting() == b.num_nodes_waiting() == 0
-    # every round has a store of its own: nothing from the first round shows through
-    first.store.set("stale", "1")
-    assert not again.store.check(["stale"])
+def test_the_whole_group_lost_a_spare_starts_alone_after_the_node_timeout():
+    sim = Sim(1, 1, T)
+    sim.add_node(), sim.add_node()
+    sim.run(2)
+    [member] = [n for n in sim.nodes if n.state == "member"]
+    [spare] = [n for n in sim.nodes if n.state == "joining"]
+    member.die()
+    sim.run(T.node_timeout - 0.5)
+    assert spare.state == "joining", "a silent group is given node_timeout"
+    sim.run(2)
+    assert spare.state == "member"
 
 
-def test_a_node_beyond_max_nodes_shows_as_waiting(server):
-    a, b = node(server, 2, 2), node(server, 2, 2)
-    together(a, b)
-    c = node(server, 2, 2)
-    thread, done = in_background(c)
-    wait_until(lambda: a.num_nodes_waiting() == 1 and b.num_nodes_waiting() == 1)
-    a.set_closed()  # the job is over: the waiting node is refused
-    thread.join(5)
-    assert isinstance(done.get("error"), RendezvousClosedError)
+def test_a_member_that_said_it_is_coming_back_is_waited_for_and_a_silent_one_is_not():
+    sim = Sim(1, 3, T)
+    a, slow, c = sim.add_node(), sim.add_node(), sim.add_node()
+    sim.run(3)
+    assert _member_ids(sim) == {"n0", "n1", "n2"}
+    first = len(sim.decisions)
+    slow.node.end_round("failure", coming=True)  # it stops its workers, which save a while
+    slow.state, slow.paused = "joining", True  # beats on, takes no step
+    sim.run(10)
+    assert len(sim.decisions) == first, "the others wait for the member on its way"
+    slow.paused = False
+    sim.run(1)
+    assert len(sim.decisions) == first + 1 and _member_ids(sim) == {"n0", "n1", "n2"}
+    c.die()  # a silent member: the others regroup after `regroup_wait`
+    sim.run(T.regroup_wait + 0.5)
+    assert _member_ids(sim) == {"n0", "n1"}
 
 
-def test_survivors_regroup_without_the_lost_node_after_the_regroup_wait(server):
-    a, b, c = node(server, 1, 3), node(server, 1, 3), node(server, 1, 3)
-    together(a, b, c)
-    started = time.monotonic()
-    infos = together(a, b)  # c is gone: it never comes back
-    elapsed = time.monotonic() - started
-    assert {i.world_size for i in infos} == {2}
-    assert FAST.regroup_wait <= elapsed < FAST.regroup_wait + 1.0
+def test_a_join_is_recorded_as_the_reason_the_group_regroups():
+    sim = Sim(1, 3, T)
+    a, b = sim.add_node(), sim.add_node()
+    sim.run(2)
+    newcomer = sim.add_node()
+    _step_only(sim, newcomer, until=lambda: "n2-id" in _joiners(sim))
+    assert a.node.watch() == 1
+    assert b.node.ending_reason() == "join", "b's failed collective is a planned regroup"
 
 
-def test_a_new_node_starts_alone_when_the_previous_group_is_gone(server):
-    timings = Timings(join_timeout=20, last_call=0.1, regroup_wait=0.1, group_timeout=0.5)
-    node(server, 1, 2, timings).next_rendezvous()  # a group that then dies entirely
-    started = time.monotonic()
-    info = node(server, 1, 2, timings).next_rendezvous()
-    assert info.world_size == 1
-    assert time.monotonic() - started >= timings.group_timeout
+def test_a_new_launch_after_the_job_finished_starts_a_clean_generation():
+    sim = Sim(1, 2, T)
+    sim.add_node(), sim.add_node()
+    sim.run(2)
+    sim.finish()
+    again = sim.add_node()
+    sim.run(2)
+    assert again.state == "member" and again.node.gen == 1
+    assert not [k for k in sim.store.data if "/g0/" in k], "the old generation's keys are gone"
 
 
-def test_a_closed_rendezvous_refuses_new_nodes(server):
-    a = node(server)
-    a.next_rendezvous()
-    assert a.shutdown() and a.is_closed()
-    with pytest.raises(RendezvousClosedError):
-        node(server).next_rendezvous()
+def test_a_new_launch_after_every_node_left_starts_at_once_and_after_a_kill_after_the_timeout():
+    sim = Sim(1, 2, T)
+    a, b = sim.add_node(), sim.add_node()
+    sim.run(2)
+    sim.leave(a), sim.leave(b)  # SIGTERM everywhere: a preemption
+    c = sim.add_node()
+    sim.run(1)
+    assert c.state == "member" and c.node.gen == 1
+    c.die()  # SIGKILL: no word
+    d = sim.add_node()
+    sim.run(T.node_timeout - 0.5)
+    assert d.state == "joining"
+    sim.run(2)
+    assert d.state == "member" and d.node.gen == 2
 
 
-def test_no_quorum_within_the_join_timeout_is_a_timeout(server):
-    lonely = node(server, 2, 2, Timings(join_timeout=0.3))
-    with pytest.raises(RendezvousTimeoutError, match="1 of at least 2"):
-        lonely.next_rendezvous()
+def test_another_recipe_is_refused_while_the_job_runs_and_starts_anew_once_it_is_gone():
+    sim = Sim(1, 2, T)
+    a = sim.add_node()
+    sim.run(2)
+    other = sim.add_node(terms=Terms("other-hash", 1, "1:2"))
+    sim.run(2)
+    assert other.state == "refused" and a.state == "member", "the job carries on undisturbed"
+    a.die()
+    later = sim.add_node(terms=Terms("other-hash", 1, "1:2"))
+    sim.run(T.node_timeout + 2)
+    assert later.state == "member" and later.node.gen == 1
 
 
-def test_the_registered_backend_builds_it_behind_the_recipe_guard(server):
-    params = RendezvousParameters(backend="elasticml-c10d", endpoint=f"127.0.0.1:{server.port}",
-                                  run_id="guarded", min_nodes=1, max_nodes=1, is_host="0",
-                                  last_call_timeout="0.1", training_hash="abc")
-    handler = create_handler(params)
-    info = handler.next_rendezvous()
-    assert (info.rank, info.world_size) == (0, 1)
-    assert handler.get_backend() == "elasticml-c10d" and not handler.use_agent_store
+@pytest.mark.parametrize("field,value", [("nproc_per_node", 2), ("nnodes", "1:3")])
+def test_other_elastic_terms_are_refused(field, value):
+    sim = Sim(1, 2, T)
+    sim.add_node()
+    sim.run(2)
+    terms = Terms(**{**TERMS.__dict__, field: value})
+    stranger = sim.add_node(terms=terms)
+    sim.run(2)
+    assert stranger.state == "refused"
+
+
+def test_a_job_with_another_key_is_refused_while_this_one_runs_then_takes_over():
+    sim = Sim(1, 2, T)
+    a = sim.add_node()
+    sim.run(2)
+    stranger = sim.add_node(key=b"x" * 32)
+    sim.run(2)
+    assert stranger.state == "refused" and a.state == "member"
+    sim.leave(a)
+    successor = sim.add_node(key=b"x" * 32)
+    sim.run(1)
+    assert successor.state == "member" and successor.node.gen == 1
+
+
+def test_values_written_without_the_key_are_ignored():
+    sim = Sim(1, 2, T)
+    a = sim.add_node()
+    sim.run(2)
+    gen_prefix = "/elasticml/job/g0/"
+    forged = b'{"cards":[{"id":"evil","name":"evil","addr":"6.6.6.6","pid":1,"port":1}],' \
+             b'"open":true,"r":1}' + b"\0" * 32
+    sim.store.data[gen_prefix + "round/1"] = forged  # a stranger offers itself for round 1
+    sim.store.data[gen_prefix + "closed"] = b"1" + b"\0" * 32  # and tries to end the job
+    sim.run(3)
+    assert a.state == "member" and "evil" not in a.node.membership.ids
+
+
+def test_the_store_holds_a_bounded_number_of_keys_after_a_thousand_rounds():
+    sim = Sim(1, 3, T)
+    a, b = sim.add_node(), sim.add_node()
+    sim.run(2)
+    while len(sim.decisions) < 1000:
+        visitor = sim.add_node()
+        sim.run(0.5)
+        sim.leave(visitor)
+        sim.run(0.5)
+        sim.nodes.remove(visitor)
+    assert a.state == b.state == "member"
+    keys = [k for k in sim.store.data if "/g0/" in k]
+    assert len(keys) <= 3 + 2 * RING + 3, sorted(keys)
+
+
+def _step_only(sim: Sim, stepping, until, seconds: float = 10.0) -> None:
+    """Everyone beats, only `stepping` takes steps, until `until()` (the others keep still)."""
+    deadline = sim.clock.now + seconds
+    while not until():
+        assert sim.clock.now < deadline, "never happened"
+        for node in sim.live():
+            sim.beat(node)
+        sim.step(stepping)
+        sim.clock.now += 0.05
+
+
+def _joiners(sim: Sim) -> set[str]:
+    """Ids of the nodes in any open round of generation 0."""
+    node = sim.nodes[0].node
+    found = set()
+    for number in range(RING):
+        value = node.kv.get(node.keys.round(0, number))
+        if value is not None and json.loads(value)["open"]:
+            found |= {card["id"] for card in json.loads(value)["cards"]}
+    return found
