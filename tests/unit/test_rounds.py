@@ -99,7 +99,7 @@ def test_the_whole_group_lost_a_spare_starts_alone_after_the_node_timeout():
 
 def test_a_member_that_said_it_is_coming_back_is_waited_for_and_a_silent_one_is_not():
     sim = Sim(1, 3, T)
-    a, slow, c = sim.add_node(), sim.add_node(), sim.add_node()
+    _, slow, c = sim.add_node(), sim.add_node(), sim.add_node()
     sim.run(3)
     assert _member_ids(sim) == {"n0", "n1", "n2"}
     first = len(sim.decisions)
