@@ -78,12 +78,13 @@ class RoundRendezvous(RendezvousHandler):
         self._waiting = 0
         try:
             membership = self._until_member()
-        except JobFinished as done:
-            raise RendezvousGracefulExitError(f"{done}; this node was not needed") from None
-        except Refused as refused:
-            raise RendezvousError(f"refused: {refused}") from None
-        except NoQuorum as slow:
-            raise RendezvousTimeoutError(str(slow)) from None
+        except (JobFinished, Refused, NoQuorum) as over:
+            self._end(finished=False)
+            if isinstance(over, JobFinished):
+                raise RendezvousGracefulExitError(f"{over}; this node was not needed") from None
+            if isinstance(over, Refused):
+                raise RendezvousError(f"refused: {over}") from None
+            raise RendezvousTimeoutError(str(over)) from None
         node = self.node
         prefix = f"/elasticml/{node.run_id}/g{node.gen}/r{membership.round}/"
         self._group_store = _GroupStore(PrefixStore(prefix, self._agent_store))

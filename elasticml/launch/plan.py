@@ -158,6 +158,8 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
     }
     if rdzv.standalone_store:
         configs["is_host"] = "0"
+    if recipe.faults.die_in_rendezvous:
+        configs["fault"] = "die_in_rendezvous"
     if rdzv.job_key_file:
         configs["job_key_file"] = str(Path(rdzv.job_key_file).expanduser().resolve())
     return configs

@@ -10,7 +10,7 @@ torch finds them through the `torchrun.handlers` entry point (see pyproject.toml
 
 Configuration keys (`--rdzv-conf` or `RendezvousParameters`), seconds as floats:
 join_timeout, last_call_timeout, regroup_wait, group_timeout, node_timeout, training_hash,
-nproc_per_node, job_key_file, is_host (c10d), read_timeout.
+nproc_per_node, job_key_file, is_host (c10d), read_timeout, fault (`die_in_rendezvous`).
 
 The job key (`jobkey.py`) signs every value the protocol writes: from `ELASTICML_JOB_KEY`,
 else the first line of `job_key_file`. A job on a private loopback store that has none gets a
@@ -75,6 +75,8 @@ def create_handler(params):
                          beat_kv=SealedKV(beat_kv, key))
     except ValueError as err:
         raise RendezvousError(str(err)) from None
+    if params.get("fault") == "die_in_rendezvous":
+        node.joined = _die
     return RoundRendezvous(node, agent_store, params.backend, hosts_store=hosts,
                            store_timeout=_seconds(params, "read_timeout", 60.0))
 
@@ -96,6 +98,13 @@ def _job_key(params) -> bytes:
         key = fresh_job_key()
     os.environ[ENV] = key.decode()
     return key
+
+
+def _die() -> None:
+    """The `faults.die_in_rendezvous` rehearsal: this whole agent dies, as a machine would."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_private(endpoint: str | None) -> bool:

@@ -125,6 +125,8 @@ class RoundNode:
     free_port: Callable[[], int] = lambda: 0
     beat_kv: SealedKV | None = None
     """The connection `beat()` uses (another thread's); default: `kv`."""
+    joined: Callable[[], None] | None = None
+    """Called once this node's card is in an open round (fault injection hooks in here)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_nodes <= self.max_nodes:
@@ -291,8 +293,9 @@ class RoundNode:
         if found.open:
             if joining.card.id not in found.ids:
                 grown = Round(found.number, True, (*found.cards, joining.card))
-                self.kv.compare_and_set(self.keys.round(gen, found.number), found.raw,
-                                        grown.encode())
+                if self.kv.compare_and_set(self.keys.round(gen, found.number), found.raw,
+                                           grown.encode()) and self.joined is not None:
+                    self.joined()
                 return None
             members = self._ready(gen, joining, found, now)
             if members is not None:
@@ -321,7 +324,9 @@ class RoundNode:
                 return
         raw = previous_content.raw if previous_content is not None else None
         opened = Round(joining.number, True, (joining.card,))
-        self.kv.compare_and_set(self.keys.round(gen, joining.number), raw, opened.encode())
+        if self.kv.compare_and_set(self.keys.round(gen, joining.number), raw,
+                                   opened.encode()) and self.joined is not None:
+            self.joined()
 
     def _from_latest(self, joining: _Joining) -> None:
         joining.number = self._latest() + 1

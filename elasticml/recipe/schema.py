@@ -302,6 +302,9 @@ class FaultsConfig:
     step_delay: float = 0.0
     """Seconds every rank sleeps before each step: a slow job (stragglers, or time for a
     rehearsal to kill or add a node while it trains)."""
+    die_in_rendezvous: bool = False
+    """This node's agent SIGKILLs itself right after it put its card in a round, before the
+    round is decided: a node lost in the middle of a rendezvous (set it on one node only)."""
 
 
 @dataclass

@@ -68,7 +68,6 @@ class Trainer:
 
     def setup(self) -> None:
         recipe, trainer = self.recipe, self.recipe.trainer
-        signal.signal(signal.SIGTERM, self._on_sigterm)
         self.progress = Progress(self.run_dir.logs, self.local_rank)
         self.samples = SampleLog(self.rank)
         torch.set_num_threads(threads_per_worker(recipe))
@@ -100,6 +99,10 @@ class Trainer:
                                     self.events.emit, self.run_dir.logs)
         self.metric_name = trainer.best_metric or self.task.main_metric
         self._restore()
+        # Until the state is agreed, a SIGTERM ends the worker at once (there is nothing of
+        # its own to save, and it may be stuck starting the process group with a peer that
+        # is gone); from here on it saves the last completed step first.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _total_steps(self) -> int:
         trainer = self.recipe.trainer

@@ -252,6 +252,20 @@ class Nodes:
         merged = [e for n in nodes for e in run_events(self.run_root(n))]
         return sorted(merged, key=lambda e: e["t"])
 
+    def stepping(self, node: str, at_least: int, world_size: int | None = None) -> dict:
+        """Wait until `node` logged a step >= `at_least` (at `world_size`); that step event."""
+        def ready():
+            steps = of_kind(self.events(node), "step")
+            if world_size is not None:
+                steps = [e for e in steps if e["world_size"] == world_size]
+            return steps and steps[-1]["step"] >= at_least and steps[-1]
+        return wait_for(ready, 120, f"{node} to reach step {at_least}")
+
+    def rank_zero_first(self, a: str, b: str) -> tuple[str, str]:
+        """(the node training rank 0, the other one)."""
+        leader = next(n for n in (a, b) if of_kind(self.events(n), "step", rank=0))
+        return leader, b if leader == a else a
+
     def stop(self) -> None:
         for job in self.jobs.values():
             job.stop()

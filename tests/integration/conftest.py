@@ -7,7 +7,14 @@ import subprocess
 
 import pytest
 
-from tests.integration.cluster import Cluster, Job, free_port, netns_available, wait_for
+from tests.integration.cluster import (
+    Cluster,
+    Job,
+    free_port,
+    netns_available,
+    train_command,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -20,6 +27,19 @@ def cluster():
         yield made
     finally:
         made.close()
+
+
+@pytest.fixture
+def store(cluster, tmp_path):
+    """`elasticml rendezvous serve` on the host side of the bridge (not a training node)."""
+    port = free_port(cluster.host_addr)
+    job = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
+               "--port", str(port)], tmp_path / "store.log")
+    try:
+        wait_for(lambda: "serving" in job.output(), 30, "the rendezvous store")
+        yield f"{cluster.host_addr}:{port}"
+    finally:
+        job.stop()
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,10 @@ import pytest
 
 from elasticml.train.sample_log import read_sample_log
 from tests.integration.cluster import (
-    Job,
     Nodes,
     assert_same_data,
     env_with_repo,
-    free_port,
     of_kind,
-    train_command,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
@@ -28,36 +24,8 @@ COMMON = ("--nnodes", "1:2", "--nproc-per-node", "1", f"trainer.max_steps={STEPS
           "faults.step_delay=0.1", "elastic.collective_timeout=10")
 
 
-@pytest.fixture
-def store(cluster, tmp_path):
-    """`elasticml rendezvous serve` on the host side of the bridge (not a training node)."""
-    port = free_port(cluster.host_addr)
-    job = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
-               "--port", str(port)], tmp_path / "store.log")
-    try:
-        wait_for(lambda: "serving" in job.output(), 30, "the rendezvous store")
-        yield f"{cluster.host_addr}:{port}"
-    finally:
-        job.stop()
-
-
 def _nodes(cluster, tmp_path, endpoint, *extra, **kwargs) -> Nodes:
     return Nodes(cluster, tmp_path, endpoint, *COMMON, *extra, **kwargs)
-
-
-def _rank_zero_first(nodes: Nodes, a: str, b: str) -> tuple[str, str]:
-    """(the node training rank 0, the other one): losing rank 0's node is the hard case."""
-    leader = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
-    return leader, b if leader == a else a
-
-
-def _stepping(nodes: Nodes, node: str, at_least: int, world_size: int | None = None):
-    def ready():
-        steps = of_kind(nodes.events(node), "step")
-        if world_size is not None:
-            steps = [e for e in steps if e["world_size"] == world_size]
-        return steps and steps[-1]["step"] >= at_least and steps[-1]
-    return wait_for(ready, 120, f"{node} to reach step {at_least}")
 
 
 def test_a_node_that_joins_later_is_taken_in_without_losing_a_step(cluster, store, tmp_path):
@@ -66,7 +34,7 @@ def test_a_node_that_joins_later_is_taken_in_without_losing_a_step(cluster, stor
                    env={"ELASTICML_SAMPLE_LOG": str(samples)})
     try:
         first = nodes.start()
-        _stepping(nodes, first, 5)
+        nodes.stepping(first, 5)
         second = nodes.start()
         for job in nodes.jobs.values():
             assert job.wait(240) == 0, job.output()[-3000:]
@@ -105,8 +73,8 @@ def test_losing_rank_zeros_node_leaves_the_survivor_training(cluster, store, req
     nodes = _nodes(cluster, tmp_path, endpoint, *extra)
     try:
         a, b = nodes.start(), nodes.start()
-        _stepping(nodes, a, 5, world_size=2)
-        leader, survivor = _rank_zero_first(nodes, a, b)
+        nodes.stepping(a, 5, world_size=2)
+        leader, survivor = nodes.rank_zero_first(a, b)
         cluster.kill_node(leader)
         assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
     finally:
@@ -126,8 +94,8 @@ def test_a_partitioned_node_is_left_behind_and_nothing_hangs(cluster, store, tmp
                    "elastic.collective_timeout=5")
     try:
         a, b = nodes.start(), nodes.start()
-        _stepping(nodes, a, 5, world_size=2)
-        cut, survivor = _rank_zero_first(nodes, a, b)
+        nodes.stepping(a, 5, world_size=2)
+        cut, survivor = nodes.rank_zero_first(a, b)
         cluster.partition(cut)
         assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
     finally:
@@ -144,7 +112,7 @@ def test_a_node_with_another_recipe_is_refused_and_the_job_goes_on(cluster, stor
     nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true")
     try:
         first = nodes.start()
-        _stepping(nodes, first, 5)
+        nodes.stepping(first, 5)
         odd = nodes.start("optimizer.lr=0.1")
         assert nodes.jobs[odd].wait(60) == 2
         assert "refused" in nodes.jobs[odd].output()
