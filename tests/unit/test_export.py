@@ -5,6 +5,7 @@ line with exit status 2."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import stat
 import subprocess
@@ -64,14 +65,24 @@ exec "$@" --dry-run
 }
 
 
+JOB_ID = random.randrange(10**6, 10**7)
+"""A fake job's id; the script copies the recipe to /tmp/elasticml-<id>.yaml."""
+
+
+@pytest.fixture(autouse=True)
+def _remove_recipe_copy():
+    yield
+    Path(f"/tmp/elasticml-{JOB_ID}.yaml").unlink(missing_ok=True)
+
+
 def run_sbatch_script(script: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """The script under bash on a fake two-node allocation (job 4321)."""
+    """The script under bash on a fake two-node allocation."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for name, text in FAKE_SLURM.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    environ = env_with_repo(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID="4321",
+    environ = env_with_repo(PATH=f"{bin_dir}:{os.environ['PATH']}", SLURM_JOB_ID=str(JOB_ID),
                             SLURM_JOB_NODELIST="gpu-[a-b]", SLURM_JOB_NUM_NODES="2",
                             FAKE_SLURM_LOG=str(tmp_path / "srun.log"), **env)
     environ.pop("ELASTICML_JOB_KEY", None)
@@ -93,7 +104,7 @@ def test_sbatch_script_runs_on_every_node_what_dry_run_prints(tmp_path, monkeypa
     assert done.returncode == 0, done.stderr
     srun = (tmp_path / "srun.log").read_text().split()
     assert {"--no-kill", "--kill-on-bad-exit=0", "--ntasks-per-node=1", "--ntasks=2"} <= set(srun)
-    endpoint = "10.9.8.7:29721"  # the head node's address, port 29400 + 4321 % 1000
+    endpoint = f"10.9.8.7:{29400 + JOB_ID % 1000}"  # the head node's address
     assert srun[-2:] == ["--rdzv-endpoint", endpoint]
     expected = dry_run(TINY, *FLAGS, "--rdzv-endpoint", endpoint)
     assert done.stdout.split(WORKER)[0] == expected
