@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from elasticml.errors import UserError
-from elasticml.launch.job import FLAG_KEYS
+from elasticml.launch.job import with_flags
 from elasticml.launch.plan import LaunchPlan, plan_launch
 from elasticml.recipe.load import find_recipe, load_recipe, recipe_to_yaml
 from elasticml.recipe.schema import Recipe
@@ -70,9 +71,7 @@ def compile_for_scheduler(request: ExportRequest, scheduler: str,
     none.
     """
     path = find_recipe(request.recipe)
-    overrides = list(request.overrides) + [
-        f"{FLAG_KEYS[name]}={value}" for name, value in request.flags.items()
-        if value is not None]
+    overrides = with_flags(request.overrides, request.flags)
     recipe = load_recipe(path, overrides)
     _check_schedulable(recipe, scheduler)
     given = bool(recipe.elastic.rdzv.endpoint)
@@ -120,18 +119,28 @@ def _is_loopback(host: str) -> bool:
 
 
 def write_output(text: str, output: str | None) -> None:
-    """Print `text`, or write it to `output` whole (a temporary file renamed into place)."""
+    """Print `text`, or write it to `output` whole: a regular file is replaced by a renamed
+    temporary file, so a failed write leaves the old one; a device or pipe is written to."""
     if output is None:
         print(text, end="")
         return
     path = Path(output).expanduser()
     if path.is_dir():
         raise UserError(f"-o {output}: is a directory; give a file name")
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        temporary.write_text(text)
-        temporary.replace(path)
+        if path.exists() and not path.is_file():
+            with open(path, "w") as stream:
+                stream.write(text)
+            return
+        path = path.resolve()
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(text)
+            if path.exists():  # keep the mode of the file it replaces
+                temporary.chmod(path.stat().st_mode & 0o7777)
+            temporary.replace(path)
+        finally:
+            temporary.unlink(missing_ok=True)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
         raise UserError(f"-o {output}: cannot write ({err.strerror}); give a writable "
                         "path") from None

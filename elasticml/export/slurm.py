@@ -40,7 +40,7 @@ from elasticml.recipe.schema import Recipe
 HEAD_NODE = "slurm-head-node"
 """Plans the launch until the job runs; the script replaces it by the head node's address."""
 RECIPE_END = "ELASTICML_RECIPE"
-"""Here-document delimiter; YAML keys are lower case, so no recipe line can equal it."""
+"""Ends the script's here-document copy of the recipe; a recipe line equal to it is refused."""
 
 
 def export_slurm(request: ExportRequest, python: str | None = None) -> str:
@@ -69,7 +69,7 @@ def sbatch_script(launch: SchedulerLaunch, python: str) -> str:
         f"max restarts {plan.max_restarts},",
         f"#   conf {conf}",
         f"#SBATCH --job-name={plan.run_id}",
-        f"#SBATCH --nodes={plan.min_nodes}-{plan.max_nodes}",
+        f"#SBATCH --nodes={plan.nnodes.replace(':', '-')}",
         *_node_resources(recipe, plan.nproc_per_node),
         "#SBATCH --no-kill",
         "#SBATCH --requeue",
