@@ -275,3 +275,16 @@ def test_a_failed_export_leaves_an_existing_file_alone(tmp_path):
     result = elasticml("export", "slurm", TINY, "trainer.bogus=1", "-o", target)
     assert result.returncode == 2 and target.read_text() == "keep me\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.sbatch"]
+
+
+def test_export_imports_neither_torch_nor_the_agent(tmp_path):
+    code = ("import sys\nfrom elasticml.cli import main\n"
+            f"sys.argv = ['elasticml', 'export', 'kubernetes', {str(TINY)!r}, '--image', 'eml',"
+            f" '-o', {str(tmp_path / 'job.yaml')!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "sys.argv[2] = 'slurm'; sys.argv[4:6] = []\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "loaded = {'torch', 'elasticml.launch.agent'} & set(sys.modules)\n"
+            "assert not loaded, loaded\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env_with_repo())
+    assert (tmp_path / "job.yaml").read_text().startswith("#!/bin/bash")
