@@ -3,14 +3,14 @@
 What the script does, and why:
 * `--nodes=MIN-MAX` from `elastic.nnodes`: Slurm allocates as many nodes as it can without
   delaying the start (an sbatch `--ntasks-per-node` would make it settle for MIN). `srun`
-  then starts one task per allocated node; each task runs
-  `elasticml train` on the resolved recipe, which the script carries inside itself and
-  copies to every node with `sbcast` (no shared filesystem needed).
+  then starts one task per allocated node; each runs `elasticml train` on the resolved
+  recipe, which the script carries inside itself and copies to every node with `sbcast` (no
+  shared filesystem needed).
 * The rendezvous endpoint, unless the recipe names one, is the head node of the allocation
   (its `NodeAddr`, the address Slurm itself reaches it at) on port 29400 + job id % 1000, so
   two jobs whose allocations share a head node do not collide. The head node's agent hosts
-  the rendezvous store: losing that node ends the job (use a standalone store or etcd
-  endpoint to survive it); losing any other node does not.
+  the rendezvous store: losing that node loses the store (name a standalone store or etcd
+  endpoint to survive it); losing any other node is survived.
 * `sbatch --no-kill` and `srun --no-kill --kill-on-bad-exit=0 --wait=0`: Slurm otherwise
   cancels the whole job when one node fails, or ends the other tasks when one exits, while
   the survivors are still training.
@@ -20,7 +20,7 @@ What the script does, and why:
   has one), exported to the tasks by `srun` and never written to a file.
 * Node-local resources: `--exclusive` (the workers share the node's cores, as on a machine of
   their own) unless `trainer.threads` fixes the threads per worker, and one GPU per worker
-  when `trainer.device` is cuda. sbatch options given on the command line win over these.
+  when `trainer.device` is cuda.
 """
 
 from __future__ import annotations
