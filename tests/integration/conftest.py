@@ -64,6 +64,9 @@ def etcd(cluster, etcd_binary, tmp_path):
 @pytest.fixture(scope="session")
 def slurm_installed() -> None:
     """Debian's Slurm 22.05 and munge, installed here when missing."""
+    reason = netns_available()  # checked first: session fixtures are set up before `cluster`
+    if reason:
+        pytest.skip(reason)
     try:
         reason = install_slurm()
     except RuntimeError as err:
