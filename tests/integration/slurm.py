@@ -40,8 +40,7 @@ def install_slurm() -> str | None:
         return f"{', '.join(missing_binaries())} missing and apt-get is not available"
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     for step in (["apt-get", "update", "-q"],
-                 ["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                  *DEBIAN_PACKAGES]):
+                 ["apt-get", "install", "-y", "-q", *DEBIAN_PACKAGES]):
         done = subprocess.run(step, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(step)} failed:\n{done.stdout[-2000:]}"
