@@ -24,22 +24,33 @@ app.add_typer(recipes_app, name="recipes")
 rendezvous_app = typer.Typer(help="Rendezvous helpers for multi-node jobs.",
                              no_args_is_help=True)
 app.add_typer(rendezvous_app, name="rendezvous")
+export_app = typer.Typer(help="Launch files that run a recipe elastically under a scheduler.",
+                         no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. "
                                                             "trainer.max_steps=200")]
+RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name.")]
+Nnodes = Annotated[str | None, typer.Option(help="Nodes as N or MIN:MAX.")]
+NprocPerNode = Annotated[int | None, typer.Option(help="Workers per node.")]
+RdzvEndpoint = Annotated[str | None, typer.Option(help="Rendezvous HOST:PORT.")]
+RdzvBackend = Annotated[str | None, typer.Option(help="c10d or etcd-v2.")]
+RunId = Annotated[str | None, typer.Option(help="Run id (same on every node).")]
+RunDirFlag = Annotated[str | None, typer.Option("--run-dir", help="Run root directory.")]
+MaxRestarts = Annotated[int | None, typer.Option(help="Worker-group restarts.")]
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
 def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled recipe name.")],
+    recipe: RecipeArg,
     overrides: Overrides = None,
-    nnodes: Annotated[str | None, typer.Option(help="Nodes as N or MIN:MAX.")] = None,
-    nproc_per_node: Annotated[int | None, typer.Option(help="Workers per node.")] = None,
-    rdzv_endpoint: Annotated[str | None, typer.Option(help="Rendezvous HOST:PORT.")] = None,
-    rdzv_backend: Annotated[str | None, typer.Option(help="c10d or etcd-v2.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run id (same on every node).")] = None,
-    run_dir: Annotated[str | None, typer.Option(help="Run root directory.")] = None,
-    max_restarts: Annotated[int | None, typer.Option(help="Worker-group restarts.")] = None,
+    nnodes: Nnodes = None,
+    nproc_per_node: NprocPerNode = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_backend: RdzvBackend = None,
+    run_id: RunId = None,
+    run_dir: RunDirFlag = None,
+    max_restarts: MaxRestarts = None,
     local_addr: Annotated[str | None, typer.Option(help="This node's address.")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the plan and torchrun line; run "
                                                "nothing.")] = False,
@@ -170,6 +181,70 @@ def rendezvous_serve(
         serve(host, port)
     except (RuntimeError, OSError) as err:
         raise UserError(f"cannot serve on {host}:{port}: {err}") from None
+
+
+Output = Annotated[str | None, typer.Option("--output", "-o", help="Write to this file "
+                                                                  "instead of stdout.")]
+
+
+def _export_request(recipe: str, overrides: list[str] | None, **flags: object):
+    from elasticml.export.launch import ExportRequest
+
+    return ExportRequest(recipe, overrides or [], flags)
+
+
+@export_app.command("slurm", context_settings={"allow_interspersed_args": True})
+def export_slurm(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    output: Output = None,
+    nnodes: Nnodes = None,
+    nproc_per_node: NprocPerNode = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_backend: RdzvBackend = None,
+    run_id: RunId = None,
+    run_dir: RunDirFlag = None,
+    max_restarts: MaxRestarts = None,
+    python: Annotated[str | None, typer.Option(help="Python on the nodes, with elasticml "
+                                                    "installed [default: this one].")] = None,
+) -> None:
+    """An sbatch script: one task per node, rendezvous on the allocation's head node."""
+    from elasticml.export.launch import write_output
+    from elasticml.export.slurm import export_slurm as render
+
+    request = _export_request(recipe, overrides, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                              rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
+                              run_id=run_id, run_dir=run_dir, max_restarts=max_restarts)
+    write_output(render(request, python), output)
+
+
+@export_app.command("kubernetes", context_settings={"allow_interspersed_args": True})
+def export_kubernetes(
+    recipe: RecipeArg,
+    overrides: Overrides = None,
+    output: Output = None,
+    image: Annotated[str | None, typer.Option(help="Container image with elasticml "
+                                                   "installed (required).")] = None,
+    cpu: Annotated[str | None, typer.Option(help="CPU request per pod, e.g. 4 or 500m.")] = None,
+    hpa_cpu_utilization: Annotated[int | None, typer.Option(
+        help="Let an autoscaler resize the job between the node bounds to keep this CPU "
+             "utilization (percent; needs --cpu).")] = None,
+    nnodes: Nnodes = None,
+    nproc_per_node: NprocPerNode = None,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_backend: RdzvBackend = None,
+    run_id: RunId = None,
+    run_dir: RunDirFlag = None,
+    max_restarts: MaxRestarts = None,
+) -> None:
+    """A Kubeflow Training Operator PyTorchJob (elasticPolicy) and the recipe's ConfigMap."""
+    from elasticml.export.kubernetes import export_kubernetes as render
+    from elasticml.export.launch import write_output
+
+    request = _export_request(recipe, overrides, nnodes=nnodes, nproc_per_node=nproc_per_node,
+                              rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
+                              run_id=run_id, run_dir=run_dir, max_restarts=max_restarts)
+    write_output(render(request, image, cpu, hpa_cpu_utilization), output)
 
 
 def main() -> None:

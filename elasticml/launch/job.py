@@ -38,15 +38,19 @@ class TrainRequest:
 def compile_request(request: TrainRequest) -> tuple[Recipe, LaunchPlan]:
     """Load and check the recipe and compile its launch; every failure is a `UserError`."""
     path = find_recipe(request.recipe)
-    overrides = list(request.overrides) + [
-        f"{FLAG_KEYS[name]}={value}" for name, value in request.flags.items()
-        if value is not None]
+    overrides = with_flags(request.overrides, request.flags)
     recipe = load_recipe(path, overrides)
     try:
         plan = plan_launch(recipe, path, overrides)
     except ValueError as err:
         raise UserError(str(err)) from None
     return recipe, plan
+
+
+def with_flags(overrides: list[str], flags: dict[str, object]) -> list[str]:
+    """`key=value` overrides followed by the given flags as overrides (flags win)."""
+    return list(overrides) + [f"{FLAG_KEYS[name]}={value}" for name, value in flags.items()
+                              if value is not None]
 
 
 def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:

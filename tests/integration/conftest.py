@@ -1,4 +1,5 @@
-"""Fixtures for the elasticity tests: network-namespace clusters and a real etcd server."""
+"""Fixtures for the elasticity tests: network-namespace clusters, a real etcd server and a real
+Slurm cluster."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.integration.cluster import (
     train_command,
     wait_for,
 )
+from tests.integration.slurm import SlurmCluster, install_slurm
 
 
 @pytest.fixture
@@ -77,3 +79,28 @@ def etcd(cluster, etcd_binary, tmp_path):
         yield f"{host}:{client}"
     finally:
         job.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_installed() -> None:
+    """Debian's Slurm 22.05 and munge, installed here when missing."""
+    reason = netns_available()  # checked first: session fixtures are set up before `cluster`
+    if reason:
+        pytest.skip(reason)
+    try:
+        reason = install_slurm()
+    except RuntimeError as err:
+        pytest.fail(str(err))
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def slurm(cluster, slurm_installed):
+    """slurmctld and two slurmd nodes, each in a network namespace of `cluster`."""
+    made = SlurmCluster(cluster, 2)
+    try:
+        made.start()
+        yield made
+    finally:
+        made.close()
