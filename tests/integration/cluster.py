@@ -9,6 +9,7 @@ of network namespaces joined by a bridge, each with its own 10.x address.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -233,16 +234,24 @@ class Nodes:
         self.cluster, self.tmp_path, self.endpoint = cluster, tmp_path, endpoint
         self.common, self.env = common, env or {}
         self.jobs: dict[str, Job] = {}
+        self._done: list[Job] = []
 
     def start(self, *overrides: str) -> str:
         node = self.cluster.add_node()
+        self.again(node, *overrides)
+        return node
+
+    def again(self, node: str, *overrides: str) -> Job:
+        """Run the job's command (again) on `node`, with its own run dir as before."""
         addr = self.cluster.nodes[node]
         command = self.cluster.exec_prefix(node) + train_command(
             "--rdzv-endpoint", self.endpoint, "--local-addr", addr,
             "--run-dir", str(self.run_root(node)), *self.common, *overrides)
+        if node in self.jobs:
+            self._done.append(self.jobs[node])
         self.jobs[node] = Job(command, self.tmp_path / f"{node}.log",
                               env=self.cluster.node_env(**self.env), cwd=self.tmp_path)
-        return node
+        return self.jobs[node]
 
     def run_root(self, node: str) -> Path:
         return self.tmp_path / node / "runs"
@@ -266,6 +275,34 @@ class Nodes:
         leader = next(n for n in (a, b) if of_kind(self.events(n), "step", rank=0))
         return leader, b if leader == a else a
 
+    def waiting(self, run_id: str = "tiny") -> list[str]:
+        """Addresses of the nodes whose cards are in an open round of the job (read from the
+        rendezvous store with the tests' job key)."""
+        return cards_in_open_rounds(self.endpoint, run_id)
+
     def stop(self) -> None:
-        for job in self.jobs.values():
+        for job in [*self._done, *self.jobs.values()]:
             job.stop()
+
+
+def cards_in_open_rounds(endpoint: str, run_id: str) -> list[str]:
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    from elasticml.launch.kv import SealedKV, TCPStoreKV
+    from elasticml.launch.records import RING, Keys
+
+    host, port = endpoint.rsplit(":", 1)
+    kv = SealedKV(TCPStoreKV(TCPStore(host, int(port), None, False, timedelta(seconds=10))),
+                  TEST_JOB_KEY.encode())
+    keys = Keys(run_id)
+    gen = kv.get(keys.gen)
+    if gen is None:
+        return []
+    names = []
+    for slot in range(RING):
+        value = kv.get(keys.round(json.loads(gen)["g"], slot))
+        if value is not None and json.loads(value)["open"]:
+            names += [card["name"] for card in json.loads(value)["cards"]]
+    return names
