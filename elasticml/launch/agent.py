@@ -226,8 +226,8 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
         monitor_interval=plan.monitor_interval,
         local_addr=plan.local_addr,
     )
-    watchdog = HangWatchdog(plan.run_dir / "logs", plan.hang_timeout) if plan.hang_timeout \
-        else None
+    watchdog = HangWatchdog(plan.run_dir / "logs", plan.hang_timeout,
+                            plan.collective_timeout) if plan.hang_timeout else None
     agent = ObservingAgent(spec=spec, logs_specs=config.logs_specs, start_method="spawn",
                            exit_barrier_timeout=EXIT_BARRIER_S, events=events,
                            watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace)

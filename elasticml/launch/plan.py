@@ -55,6 +55,8 @@ class LaunchPlan:
     local_addr: str | None = None
     hang_timeout: float = 0.0
     """Seconds without progress after which the agent ends a worker (0: never)."""
+    collective_timeout: float = 30.0
+    """Seconds a collective waits for a silent peer (the hang watchdog leaves such waits be)."""
     stop_grace: float = 45.0
     """Seconds between SIGTERM and SIGKILL when the agent stops its workers."""
     batch_plans: tuple[BatchPlan, ...] = field(default=())
@@ -141,6 +143,7 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
         local_addr=elastic.local_addr,
         hang_timeout=elastic.hang_timeout,
         stop_grace=elastic.stop_grace,
+        collective_timeout=elastic.collective_timeout,
         batch_plans=batch_plans,
     )
 
