@@ -9,10 +9,11 @@ Scenarios (nodes are network namespaces on one bridge, so `loss` and `join` need
   (last step at the old size -> first step at the new one).
 Both launchers run elasticml's worker (so steps lost are the worker's, 0 for both); they
 differ in the agent and the rendezvous: torchrun uses torch's stock `c10d` handler (the
-`--dry-run` line with the backend swapped: last call 1 s, its minimum; default heartbeats) and the
-shared-store fix; elasticml uses its own heartbeat-free rendezvous (`launch/rounds.py`),
-hang watchdog and standalone store. Times come from the event log (step events carry
-wall-clock stamps).
+`--dry-run` line with the backend swapped: last call 1 s, its minimum; for `loss` and `join`
+heartbeats tuned to its floor, 1 s x 2, see torchrun-facts) and the shared-store fix;
+elasticml uses its own round protocol (`launch/rounds.py`), hang watchdog and, like torchrun
+here, a standalone store. Times come from the event log (step events carry wall-clock
+stamps).
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ from tests.integration.cluster import (  # noqa: E402 - the helpers the tests us
 COMMON = ("trainer.max_steps=150", "faults.step_delay=0.05", "trainer.checkpoint_every=20")
 
 
-def torchrun_args(*args: str) -> list[str]:
+STOCK_CONF = "join_timeout=600,last_call_timeout=1"
+"""torch's stock handler reads whole seconds and none of elasticml's keys: its best setting."""
+TUNED_CONF = STOCK_CONF + ",keep_alive_interval=1,keep_alive_max_attempt=2"
+"""Heartbeats at the floor the stock handler takes: a lost node is declared after ~2 s. For
+joins the default heartbeats (5 s x 3) are kept: at the floor a node under load misses its
+beats and a joining node forms a second group of its own (seen here)."""
+
+
+def torchrun_args(*args: str, conf: str = STOCK_CONF) -> list[str]:
     """The `--dry-run` torchrun line of the same job, with torch's stock c10d handler."""
     import shlex
 
@@ -52,10 +61,25 @@ def torchrun_args(*args: str) -> list[str]:
     words = shlex.split(dry.output().strip().splitlines()[-1])
     words = words[words.index("torchrun"):]
     words = [w.replace("--rdzv-backend=elasticml-c10d", "--rdzv-backend=c10d") for w in words]
-    # torch's stock handler reads whole seconds and none of elasticml's keys: its best setting
-    words = ["--rdzv-conf=join_timeout=600,last_call_timeout=1" if w.startswith("--rdzv-conf=")
-             else w for w in words]
+    words = [f"--rdzv-conf={conf}" if w.startswith("--rdzv-conf=") else w for w in words]
     return [sys.executable, "-m", "torch.distributed.run", *words[1:]]
+
+
+class TorchrunNodes(Nodes):
+    """The same nodes, each running the job's `--dry-run` line under plain torchrun."""
+
+    conf = STOCK_CONF
+
+    def again(self, node: str, *overrides: str) -> Job:
+        addr = self.cluster.nodes[node]
+        args = ("--rdzv-endpoint", self.endpoint, "--local-addr", addr,
+                "--run-dir", str(self.run_root(node)), *self.common, *overrides)
+        command = self.cluster.exec_prefix(node) + torchrun_args(
+            *args, conf=self.conf + ",is_host=0")
+        env = self.cluster.node_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", **self.env)
+        self.jobs[node] = Job(command, self.tmp_path / f"{node}.log", env=env,
+                              cwd=self.tmp_path)
+        return self.jobs[node]
 
 
 def crash(launcher: str, work: Path) -> dict:
@@ -74,19 +98,23 @@ def crash(launcher: str, work: Path) -> dict:
     return {"seconds": after[0]["t"] - fault["t"], "lost": resumed[0]["steps_lost"]}
 
 
+class TunedTorchrunNodes(TorchrunNodes):
+    conf = TUNED_CONF
+
+
 @contextlib.contextmanager
-def _cluster_job(launcher: str, work: Path):
+def _cluster_job(launcher: str, work: Path, tuned: bool = False):
     """Network-namespace nodes around a standalone rendezvous store on the host side."""
-    if launcher != "elasticml":
-        raise SystemExit("the loss/join scenarios under plain torchrun are not scripted yet")
     cluster = Cluster()
     store = None
     try:
         port = free_port(cluster.host_addr)
         store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
                      "--port", str(port)], work / "store.log")
-        nodes = Nodes(cluster, work, f"{cluster.host_addr}:{port}", "--nnodes", "1:2",
-                      "--nproc-per-node", "1", *COMMON, "elastic.rdzv.standalone_store=true")
+        kind = Nodes if launcher == "elasticml" else (
+            TunedTorchrunNodes if tuned else TorchrunNodes)
+        nodes = kind(cluster, work, f"{cluster.host_addr}:{port}", "--nnodes", "1:2",
+                     "--nproc-per-node", "1", *COMMON, "elastic.rdzv.standalone_store=true")
         try:
             yield cluster, nodes
         finally:
@@ -98,7 +126,7 @@ def _cluster_job(launcher: str, work: Path):
 
 
 def loss(launcher: str, work: Path) -> dict:
-    with _cluster_job(launcher, work) as (cluster, nodes):
+    with _cluster_job(launcher, work, tuned=True) as (cluster, nodes):
         a, b = nodes.start(), nodes.start()
         wait_for(lambda: [e for e in of_kind(nodes.events(a), "step")
                           if e["world_size"] == 2 and e["step"] >= 20], 120, "world 2")
