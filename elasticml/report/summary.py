@@ -133,7 +133,10 @@ def _status(events: list) -> str:
     if any(e.get("status") == "succeeded" for e in done):
         return "succeeded"
     if done:
-        return "stopped" if done[-1].get("status") == "stopped" else "failed"
+        last = done[-1].get("status")
+        if last == "not_needed":  # a spare: the job finished while it waited
+            return "not needed"
+        return "stopped" if last == "stopped" else "failed"
     if any(e["kind"] == "done" for e in current):
         return "succeeded"
     return "running" if _agents_alive(current) else "interrupted"

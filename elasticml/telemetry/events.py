@@ -19,8 +19,10 @@ agent:  launch {nnodes, nproc_per_node, backend, endpoint, run_id}
                     (`stacks` is the file holding the worker's Python stacks)
         restart {cause: failure | hang | membership, restart_count,
                  failure/hang: failed_rank, local_rank, node, exitcode, signal, error
-                 membership: nodes_waiting}
-        agent_done {status, seconds}
+                 membership: reason (join | lost | failure | hang | stop: what the first
+                 node to regroup saw)}
+        agent_done {status: succeeded | failed | stopped | error | not_needed, seconds}
+                    (`not_needed`: the job finished while this node waited as a spare)
 worker: start {rank, local_rank, world_size, restart_count, step}
         resume {step, source: checkpoint | peer | fresh, source_rank, steps_lost, seconds}
         recovered {step, gap_s, steps_lost, last_step_before}
