@@ -275,7 +275,7 @@ class RoundNode:
         joining = self._joining
         if joining is None:
             card = Card(self.me.id, self.me.name, self.me.addr, self.free_port(), self.me.pid)
-            joining = self._joining = _Joining(self._latest() + 1, now, card)
+            joining = self._joining = _Joining(self._first_round_to_join(), now, card)
             self._forget_the_departed()
         if self._get(self.keys.in_gen(gen, "closed")) is not None:
             raise JobFinished(f"run {self.run_id!r} has finished")
@@ -328,8 +328,14 @@ class RoundNode:
                                    opened.encode()) and self.joined is not None:
             self.joined()
 
+    def _first_round_to_join(self) -> int:
+        """After `latest` (a hint: it lags when a decider died before moving it) and after the
+        round this node was last a member of: never back into the round it just left."""
+        left = self.membership.round if self.membership is not None else -1
+        return max(self._latest(), left) + 1
+
     def _from_latest(self, joining: _Joining) -> None:
-        joining.number = self._latest() + 1
+        joining.number = self._first_round_to_join()
         joining.quorum_at = joining.back_at = None
 
     def _forget_the_departed(self) -> None:

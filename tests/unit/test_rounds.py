@@ -237,3 +237,17 @@ def _joiners(sim: Sim) -> set[str]:
         if value is not None and json.loads(value)["open"]:
             found |= {card["id"] for card in json.loads(value)["cards"]}
     return found
+
+
+def test_a_lagging_latest_never_sends_a_node_back_into_the_round_it_left():
+    """The node whose decision won died before it moved `latest` (found by the model test)."""
+    sim = Sim(1, 3, T)
+    a, b = sim.add_node(), sim.add_node()
+    sim.run(2)
+    current = a.node.membership.round
+    key = a.node.keys.in_gen(0, "latest")
+    a.node.kv.set(key, str(current - 1).encode())  # as if its decider never moved it
+    b.die()
+    sim.run(2)
+    assert a.state == "member" and a.node.membership.round > current
+    assert a.node.membership.ids == ["n0-id"]
