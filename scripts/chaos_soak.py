@@ -2,13 +2,15 @@
 
     PYTHONPATH=. python scripts/chaos_soak.py [--events 50] [--hog] [--seed 0]
 
-Three nodes take turns in a `--nnodes 1:2` job (so there is usually a spare) around a
+Up to five nodes take turns in a `--nnodes 1:2` job (so there is usually a spare) around a
 standalone rendezvous store. Every few seconds one of these happens to a random node:
 worker SIGKILL, whole-node kill (every process of its namespace), a new node joining, a node
 that dies in the middle of its rendezvous, Ctrl-C during a rendezvous, SIGTERM (a
 preemption), and more nodes than `max_nodes`. Lost and stopped nodes are started again later
 with the same command and their own run dir (no shared disk). With `--hog` a CPU-bound
-process competes for the cores the whole time.
+process competes for the cores the whole time. The destructive events (kills, SIGTERM) hit a
+member only while two members train and the last one has been recovered from, so a replica
+always survives: every step lost is then a defect.
 
 At the end the job must finish; the script reports jobs lost (goal 0), steps lost (goal 0
 wherever a replica survived), the events by kind, and how far the final parameters are from
@@ -43,7 +45,7 @@ from tests.integration.cluster import (  # noqa: E402 - the helpers the tests us
     wait_for,
 )
 
-STEPS = 1500
+STEPS = 3000
 COMMON = ("--nnodes", "1:2", "--nproc-per-node", "1", f"trainer.max_steps={STEPS}",
           "faults.step_delay=0.02", "trainer.checkpoint_every=50", "elastic.max_restarts=1000",
           "elastic.collective_timeout=10", "elastic.stop_grace=20",
@@ -64,7 +66,7 @@ class Soak:
         self.down: list[str] = []
         """Nodes whose processes are gone (killed, stopped); started again later."""
         self.done: Counter = Counter()
-        self.unexpected: list[str] = []
+        self.destroyed_at = 0.0
 
     def alive(self) -> list[str]:
         return [n for n, job in self.nodes.jobs.items() if job.process.poll() is None]
@@ -74,11 +76,25 @@ class Soak:
 
     # --- what happens to nodes -------------------------------------------------------
 
+    def members(self) -> list[str]:
+        """The nodes of the group training now, if it is two nodes that trained after the last
+        destructive event; else []."""
+        recent = {}
+        for node in self.alive():
+            steps = of_kind(self.nodes.events(node), "step")
+            if steps and steps[-1]["t"] > max(self.destroyed_at, time.time() - 3):
+                recent[node] = steps[-1]["world_size"]
+        return list(recent) if len(recent) == 2 and set(recent.values()) == {2} else []
+
     def inject(self) -> str:
-        alive = self.alive()
         kind = self.random.choice(KINDS)
-        if kind in ("worker_kill", "node_kill", "sigterm") and len(alive) < 2:
-            kind = "join"  # keep a replica: steps lost only count where one survived
+        members = self.members()
+        if kind in ("worker_kill", "node_kill", "sigterm"):
+            if not members:
+                kind = "join"  # keep a replica: steps lost only count where one survived
+            else:
+                self.destroyed_at = time.time()
+        alive = members or self.alive()
         if kind == "worker_kill":
             victim = self.random.choice(alive)
             workers = [p for p in descendants(self.nodes.jobs[victim].pid)
@@ -186,6 +202,9 @@ def main() -> None:
         wait_for(soak.training, 120, "the job to train")
         for index in range(options.events):
             time.sleep(soak.random.uniform(0.5, 2 * options.every))
+            if of_kind(soak.nodes.events(), "done"):
+                print("the job finished before all events were injected", flush=True)
+                break
             kind = soak.inject()
             print(f"{time.time() - started:7.1f} s  event {index + 1:>3}: {kind}", flush=True)
             if not soak.alive():
@@ -201,8 +220,10 @@ def main() -> None:
         print(f"steps lost in resumes: {sum(lost)} ({len(lost)} resumes behind)")
         print(f"restarts: {len(of_kind(events, 'restart'))}, failures: "
               f"{len(of_kind(events, 'worker_failed'))}")
-        if finishers:
-            step, params = final_parameters(soak.nodes.run_root(finishers[0]))
+        trained = [n for n in finishers
+                   if of_kind(soak.nodes.events(n), "done", step=STEPS)]
+        if trained:
+            step, params = final_parameters(soak.nodes.run_root(trained[0]))
             calm_step, calm = undisturbed(work)
             worst = max(float((params[k] - calm[k]).abs().max()) for k in calm)
             print(f"final parameters vs an undisturbed run (step {step} vs {calm_step}): "

@@ -18,7 +18,7 @@ from elasticml.launch.records import Card, Terms
 from elasticml.launch.rounds import JobFinished, Membership, Refused, RoundNode, Timings
 
 KEY = b"k" * 32
-TERMS = Terms("hash", 1, "1:2")
+TERMS = Terms("hash", 1, "1:2", "steps:200")
 
 
 class Crashed(Exception):

@@ -158,6 +158,7 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
         "node_timeout": _num(rdzv.node_timeout),
         "training_hash": training_hash(recipe),
         "nproc_per_node": str(recipe.elastic.nproc_per_node),
+        "length": training_length(recipe),
     }
     if rdzv.standalone_store:
         configs["is_host"] = "0"
@@ -166,6 +167,13 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
     if rdzv.job_key_file:
         configs["job_key_file"] = str(Path(rdzv.job_key_file).expanduser().resolve())
     return configs
+
+
+def training_length(recipe: Recipe) -> str:
+    """`steps:N` or `epochs:E`: what every node must agree on besides the recipe's hash
+    (the hash leaves the length out, so that a finished run can be trained on)."""
+    trainer = recipe.trainer
+    return f"steps:{trainer.max_steps}" if trainer.max_steps else f"epochs:{trainer.epochs:g}"
 
 
 def _environment(recipe: Recipe) -> dict[str, str]:

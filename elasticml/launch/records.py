@@ -56,10 +56,13 @@ class Terms:
     training_hash: str
     nproc_per_node: int
     nnodes: str
+    length: str = ""
+    """How long the job trains (`steps:N` or `epochs:E`): every node must follow the
+    same schedule, and a finished job of this length needs no second run."""
 
     def differences(self, other: Terms) -> list[str]:
         names = {"training_hash": "recipe (training hash)", "nproc_per_node": "nproc_per_node",
-                 "nnodes": "nnodes"}
+                 "nnodes": "nnodes", "length": "training length"}
         return [f"{label} {getattr(other, field)} here vs {getattr(self, field)} in the job"
                 for field, label in names.items() if getattr(self, field) != getattr(other, field)]
 

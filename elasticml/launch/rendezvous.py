@@ -10,7 +10,8 @@ torch finds them through the `torchrun.handlers` entry point (see pyproject.toml
 
 Configuration keys (`--rdzv-conf` or `RendezvousParameters`), seconds as floats:
 join_timeout, last_call_timeout, regroup_wait, group_timeout, node_timeout, training_hash,
-nproc_per_node, job_key_file, is_host (c10d), read_timeout, fault (`die_in_rendezvous`).
+nproc_per_node, length (`steps:N` | `epochs:E`), job_key_file, is_host (c10d), read_timeout,
+fault (`die_in_rendezvous`).
 
 The job key (`jobkey.py`) signs every value the protocol writes: from `ELASTICML_JOB_KEY`,
 else the first line of `job_key_file`. A job on a private loopback store that has none gets a
@@ -68,7 +69,8 @@ def create_handler(params):
     me = Card(uuid.uuid4().hex[:12], params.local_addr or socket.gethostname(), addr, 0,
               os.getpid())
     terms = Terms(str(params.get("training_hash", "")),
-                  int(params.get("nproc_per_node", 0)), f"{params.min_nodes}:{params.max_nodes}")
+                  int(params.get("nproc_per_node", 0)), f"{params.min_nodes}:{params.max_nodes}",
+                  str(params.get("length", "")))
     try:
         node = RoundNode(SealedKV(kv, key), params.run_id, terms, me, params.min_nodes,
                          params.max_nodes, timings, free_port=lambda: free_port(addr),

@@ -194,10 +194,14 @@ class RoundNode:
             if verdict == "dead":
                 self._next_generation(gen, raw)
             return False
+        terms = self._get(self.keys.in_gen(gen, "terms"))
         if self._get(self.keys.in_gen(gen, "closed")) is not None:
+            if terms is not None and self._same_job(json.loads(terms)):
+                raise JobFinished(f"run {self.run_id!r} already finished ({self.terms.length}); "
+                                  "raise the training length to train on, or use another "
+                                  "--run-id")
             self._next_generation(gen, raw)
             return False
-        terms = self._get(self.keys.in_gen(gen, "terms"))
         if terms is None:
             self._beat_in(gen)
             self.kv.compare_and_set(self.keys.in_gen(gen, "terms"), None, dump(
@@ -266,7 +270,13 @@ class RoundNode:
 
     def _terms_json(self) -> dict:
         return {"training_hash": self.terms.training_hash,
-                "nproc_per_node": self.terms.nproc_per_node, "nnodes": self.terms.nnodes}
+                "nproc_per_node": self.terms.nproc_per_node, "nnodes": self.terms.nnodes,
+                "length": self.terms.length}
+
+    def _same_job(self, theirs: dict) -> bool:
+        """A finished generation trained the same recipe for the same length as this node."""
+        return (theirs.get("training_hash"), theirs.get("length")) == (
+            self.terms.training_hash, self.terms.length)
 
     # --- rounds ---------------------------------------------------------------------------
 

@@ -125,14 +125,17 @@ def test_a_join_is_recorded_as_the_reason_the_group_regroups():
     assert b.node.ending_reason() == "join", "b's failed collective is a planned regroup"
 
 
-def test_a_new_launch_after_the_job_finished_starts_a_clean_generation():
+def test_a_finished_job_is_not_trained_again_but_can_be_trained_on():
     sim = Sim(1, 2, T)
     sim.add_node(), sim.add_node()
     sim.run(2)
     sim.finish()
-    again = sim.add_node()
+    straggler = sim.add_node()  # a node (re)started after the end, with the same command
     sim.run(2)
-    assert again.state == "member" and again.node.gen == 1
+    assert straggler.state == "finished", "it leaves: the job is done"
+    longer = sim.add_node(terms=Terms(**{**TERMS.__dict__, "length": "steps:400"}))
+    sim.run(2)
+    assert longer.state == "member" and longer.node.gen == 1, "raised max_steps: trains on"
     assert not [k for k in sim.store.data if "/g0/" in k], "the old generation's keys are gone"
 
 
@@ -156,16 +159,17 @@ def test_another_recipe_is_refused_while_the_job_runs_and_starts_anew_once_it_is
     sim = Sim(1, 2, T)
     a = sim.add_node()
     sim.run(2)
-    other = sim.add_node(terms=Terms("other-hash", 1, "1:2"))
+    other = sim.add_node(terms=Terms("other-hash", 1, "1:2", "steps:200"))
     sim.run(2)
     assert other.state == "refused" and a.state == "member", "the job carries on undisturbed"
     a.die()
-    later = sim.add_node(terms=Terms("other-hash", 1, "1:2"))
+    later = sim.add_node(terms=Terms("other-hash", 1, "1:2", "steps:200"))
     sim.run(T.node_timeout + 2)
     assert later.state == "member" and later.node.gen == 1
 
 
-@pytest.mark.parametrize("field,value", [("nproc_per_node", 2), ("nnodes", "1:3")])
+@pytest.mark.parametrize("field,value", [("nproc_per_node", 2), ("nnodes", "1:3"),
+                                         ("length", "steps:7")])
 def test_other_elastic_terms_are_refused(field, value):
     sim = Sim(1, 2, T)
     sim.add_node()
