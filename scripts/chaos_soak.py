@@ -77,14 +77,20 @@ class Soak:
     # --- what happens to nodes -------------------------------------------------------
 
     def members(self) -> list[str]:
-        """The nodes of the group training now, if it is two nodes that trained after the last
-        destructive event; else []."""
-        recent = {}
+        """The two nodes of the group training now, once both have trained a step in their
+        current round (so both hold the newest state) after the last destructive event;
+        else []."""
+        trained = {}
         for node in self.alive():
-            steps = of_kind(self.nodes.events(node), "step")
-            if steps and steps[-1]["t"] > max(self.destroyed_at, time.time() - 3):
-                recent[node] = steps[-1]["world_size"]
-        return list(recent) if len(recent) == 2 and set(recent.values()) == {2} else []
+            events = self.nodes.events(node)
+            rounds, steps = of_kind(events, "rendezvous"), of_kind(events, "step")
+            if not rounds or not steps:
+                continue
+            if steps[-1]["t"] > max(rounds[-1]["t"], self.destroyed_at) and \
+                    steps[-1]["world_size"] == 2:
+                trained[node] = tuple(sorted(m["node"] for m in rounds[-1]["members"] or []))
+        groups = set(trained.values())
+        return list(trained) if len(trained) == 2 and len(groups) == 1 else []
 
     def inject(self) -> str:
         kind = self.random.choice(KINDS)
