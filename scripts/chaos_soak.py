@@ -92,52 +92,51 @@ class Soak:
         groups = set(trained.values())
         return list(trained) if len(trained) == 2 and len(groups) == 1 else []
 
-    def inject(self) -> str:
-        kind = self.random.choice(KINDS)
+    def inject(self) -> str | None:
+        """One event of a kind that can happen now (kinds tried in random order); None when
+        none can (every slot taken and no group to hit)."""
+        for kind in self.random.sample(KINDS, len(KINDS)):
+            if self._happen(kind):
+                self.done[kind] += 1
+                return kind
+        return None
+
+    def _happen(self, kind: str) -> bool:
         members = self.members()
         if kind in ("worker_kill", "node_kill", "sigterm"):
             if not members:
-                kind = "join"  # keep a replica: steps lost only count where one survived
+                return False  # keep a replica: steps lost only count where one survived
+            victim = self.random.choice(members)
+            if kind == "worker_kill":
+                workers = [p for p in descendants(self.nodes.jobs[victim].pid)
+                           if b"elasticml.train.worker" in _cmdline(p)]
+                if not workers:
+                    return False
+                os.kill(self.random.choice(workers), signal.SIGKILL)
+            elif kind == "node_kill":
+                self.cluster.kill_node(victim)
+                self.down.append(victim)
             else:
-                self.destroyed_at = time.time()
-        alive = members or self.alive()
-        if kind == "worker_kill":
-            victim = self.random.choice(alive)
-            workers = [p for p in descendants(self.nodes.jobs[victim].pid)
-                       if b"elasticml.train.worker" in _cmdline(p)]
-            if not workers:
-                return self.inject()
-            os.kill(self.random.choice(workers), signal.SIGKILL)
-        elif kind == "node_kill":
-            victim = self.random.choice(alive)
-            self.cluster.kill_node(victim)
-            self.down.append(victim)
-        elif kind == "sigterm":
-            victim = self.random.choice(alive)
-            os.kill(self.nodes.jobs[victim].pid, signal.SIGTERM)
-            self.down.append(victim)
-        elif kind in ("join", "node_too_many"):
-            started = [self._start() for _ in range(1 if kind == "join" else 2)]
-            if not any(started):
-                return self.inject()
-        elif kind == "die_in_rendezvous":
-            node = self._start("faults.die_in_rendezvous=true")
-            if node is None:
-                return self.inject()
-            self.down.append(node)
-        elif kind == "ctrl_c_in_rendezvous":
-            node = self._start()
-            if node is None:
-                return self.inject()
+                os.kill(self.nodes.jobs[victim].pid, signal.SIGTERM)
+                self.down.append(victim)
+            self.destroyed_at = time.time()
+            return True
+        if kind in ("join", "node_too_many"):
+            return any([self._start() for _ in range(1 if kind == "join" else 2)])
+        node = self._start("faults.die_in_rendezvous=true" if kind == "die_in_rendezvous"
+                           else "")
+        if node is None:
+            return False
+        if kind == "ctrl_c_in_rendezvous":
             time.sleep(self.random.uniform(0.3, 1.5))
             if self.nodes.jobs[node].process.poll() is None:
                 os.kill(self.nodes.jobs[node].pid, signal.SIGINT)
-            self.down.append(node)
-        self.done[kind] += 1
-        return kind
+        self.down.append(node)
+        return True
 
     def _start(self, *overrides: str) -> str | None:
         """A node that is down comes back (same run dir), else a new one (at most 5)."""
+        overrides = tuple(o for o in overrides if o)
         gone = [n for n in self.down if self.nodes.jobs[n].process.poll() is not None]
         if gone:
             self.down.remove(gone[0])
@@ -212,7 +211,8 @@ def main() -> None:
                 print("the job finished before all events were injected", flush=True)
                 break
             kind = soak.inject()
-            print(f"{time.time() - started:7.1f} s  event {index + 1:>3}: {kind}", flush=True)
+            print(f"{time.time() - started:7.1f} s  event {index + 1:>3}: {kind or 'none'}",
+                  flush=True)
             if not soak.alive():
                 soak._start()
         exits = soak.finish()
