@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from elasticml.errors import UserError
 from elasticml.launch.plan import LaunchPlan, plan_launch
@@ -66,6 +68,7 @@ def train(request: TrainRequest) -> int:
         print(dry_run_text(recipe, plan))
         return 0
     run_dir = RunDir(plan.run_dir).create()
+    plan = plan.pinned(pin_recipe(run_dir, recipe))
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
         print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
@@ -106,6 +109,20 @@ def train(request: TrainRequest) -> int:
     summary = _final_summary(run_dir)
     print(f"done: {plan.run_id} in {outcome.seconds:.1f} s{summary} -> {run_dir.path}")
     return 0
+
+
+def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
+    """Write the resolved recipe into the run dir for this launch's workers to read, so that an
+    edit of the user's file mid-run does not reach a restarted worker. Content-addressed
+    (`pinned/recipe-<sha256>.yaml`, written atomically, once), so every launch of the run and
+    every node sharing the run dir finds its own copy intact."""
+    from elasticml.train.checkpoint import write_atomically
+
+    text = recipe_to_yaml(recipe)
+    path = run_dir.pinned / f"recipe-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        write_atomically(path, text.encode())
+    return path
 
 
 class _Follower(threading.Thread):
