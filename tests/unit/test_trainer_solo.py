@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import math
 import os
 import signal
 
@@ -77,7 +78,7 @@ def test_the_first_step_after_a_resize_uses_the_new_lr_scale(solo):
     after.optimizer.register_step_pre_hook(
         lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
     steps(after, 1)
-    schedule_steps = after.horizon.schedule_steps
+    schedule_steps = math.ceil(len(after.splits["train"]) / 32)  # one epoch in steps of 32
     position = saved["sampler"]["offset"] / 32  # 5 steps of 16 samples: 2.5 steps of 32
     assert used == [pytest.approx(0.003 * 1.0 * lr_factor(after.recipe.schedule, position,
                                                            schedule_steps))]
