@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from tests.helpers import RECIPES, elasticml_command, events_of, final_report, run_elasticml
+from tests.helpers import (
+    RECIPES,
+    elasticml_command,
+    events_of,
+    final_report,
+    run_elasticml,
+    this_checkout_env,
+)
 
 pytestmark = pytest.mark.integration
 DIGITS = str(RECIPES / "digits.yaml")
@@ -42,7 +49,8 @@ def test_a_stopped_run_resumes_where_it_stopped(workdir):
     command = elasticml_command("train", DIGITS, "trainer.max_steps=400",
                                 "trainer.checkpoint_every=1000", "trainer.log_every=1")
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+                               stderr=subprocess.PIPE, start_new_session=True,
+                               env=this_checkout_env())
     run = workdir / "runs" / "digits"
     try:
         deadline = time.monotonic() + 120
@@ -100,7 +108,7 @@ def test_dry_run_line_runs_the_same_job_under_plain_torchrun(workdir):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     line = line.replace(" torchrun ", f" {torchrun} ", 1)
     result = subprocess.run(["bash", "-c", line], cwd=workdir, capture_output=True, text=True,
-                            timeout=180)
+                            timeout=180, env=this_checkout_env())
     assert result.returncode == 0, result.stderr[-3000:]
     run = workdir / "runs" / "pasted"
     assert final_report(run)["step"] == 10
