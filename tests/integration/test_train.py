@@ -46,7 +46,8 @@ def test_two_workers_write_a_complete_run_dir(workdir):
 
 
 def test_a_stopped_run_resumes_where_it_stopped(workdir):
-    command = elasticml_command("train", DIGITS, "trainer.max_steps=400",
+    # far more steps than it can train before the SIGTERM; the resume sets the real end
+    command = elasticml_command("train", DIGITS, "trainer.max_steps=100000",
                                 "trainer.checkpoint_every=1000", "trainer.log_every=1")
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True,
@@ -73,13 +74,13 @@ def test_a_stopped_run_resumes_where_it_stopped(workdir):
     last_logged = max(e["step"] for e in events_of(run, "step"))
     assert stopped_at >= last_logged  # not a single completed step was lost
 
-    result = run_elasticml("train", DIGITS, "trainer.max_steps=400",
+    result = run_elasticml("train", DIGITS, f"trainer.max_steps={stopped_at + 20}",
                            "trainer.checkpoint_every=1000", "trainer.log_every=50", cwd=workdir)
     assert result.returncode == 0, result.stderr
     resumed = [e for e in events_of(run, "resume") if e["restart_count"] == 0][-2:]
     assert {e["step"] for e in resumed} == {stopped_at}
     assert all(e["steps_lost"] == 0 for e in resumed)
-    assert final_report(run)["step"] == 400
+    assert final_report(run)["step"] == stopped_at + 20
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(workdir):
