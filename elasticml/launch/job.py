@@ -68,12 +68,12 @@ def train(request: TrainRequest) -> int:
         print(dry_run_text(recipe, plan))
         return 0
     run_dir = RunDir(plan.run_dir).create()
-    plan = plan.pinned(pin_recipe(run_dir, recipe))
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
         print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
         return 0
+    plan = plan.pinned(pin_recipe(run_dir, recipe))
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
