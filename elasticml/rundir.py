@@ -3,7 +3,7 @@
 ```
 recipe.yaml        the resolved recipe (eval and report never need the original file)
 events/            append-only JSON lines, one file per process
-checkpoints/       step-<N>.pt (+ best.pt), atomic and checksummed
+checkpoints/       step-<N>.pt (+ best.pt, best.json), atomic and checksummed; .lock
 tensorboard/       one TensorBoard run, continued across restarts
 logs/              worker stdout/stderr per attempt, hang stack dumps
 reports/           training / validation / test reports written at the end and by eval
