@@ -123,3 +123,4 @@ def test_a_state_saved_by_another_rank_than_0_carries_the_best_metric(tmp_path):
     assert read_checkpoint(folder / "step-25.pt")["best"] == expected
     assert read_checkpoint(folder / "best.pt")["best"] == expected
     assert {e["step"] for e in of_kind(events, "checkpoint", reason="best")} <= {5, 10}
+    assert not of_kind(events, "warning"), "both ranks computed the same validation metric"
