@@ -157,14 +157,15 @@ class CheckpointManager:
         saved = Saved(step, path, 0.0)
         if background:
             snapshot = _to_cpu_copy(state)
-            self._writer = threading.Thread(target=self._write, args=(saved, snapshot, on_durable),
+            self._writer = threading.Thread(target=self._write_and_announce,
+                                            args=(saved, snapshot, on_durable),
                                             daemon=True, name="checkpoint-writer")
             saved.stall_s = time.perf_counter() - started
             self._writer.start()
         else:
-            self._write(saved, state, on_durable)
+            self._write(saved, state)
             saved.stall_s = time.perf_counter() - started
-            self.wait()
+            self._announce(saved, on_durable)
         return saved
 
     def save_once(self, state: dict, step: int, on_durable=None) -> Saved | None:
@@ -181,9 +182,9 @@ class CheckpointManager:
             if path.is_file():
                 return None
             saved = Saved(step, path, 0.0)
-            self._write(saved, state, on_durable, locked=True)
+            self._write(saved, state, locked=True)
         saved.stall_s = time.perf_counter() - started
-        self.wait()
+        self._announce(saved, on_durable)
         return saved
 
     def wait(self) -> None:
@@ -194,7 +195,19 @@ class CheckpointManager:
             error, self._error = self._error, None
             raise error
 
-    def _write(self, saved: Saved, state: dict, on_durable, locked: bool = False) -> None:
+    def _write_and_announce(self, saved: Saved, state: dict, on_durable) -> None:
+        self._write(saved, state)
+        if self._error is None and on_durable is not None:
+            on_durable(saved)
+
+    def _announce(self, saved: Saved, on_durable) -> None:
+        """After a synchronous write: raise its error, or say it is on disk."""
+        self.wait()
+        if on_durable is not None:
+            on_durable(saved)
+
+    def _write(self, saved: Saved, state: dict, locked: bool = False) -> None:
+        """Write and fsync; an error is kept for `wait` to raise (the writer is a thread)."""
         try:
             started = time.perf_counter()
             with contextlib.nullcontext() if locked else self._locked():
@@ -209,8 +222,6 @@ class CheckpointManager:
             self._error = err
             return
         self._warn_if_slow(saved)
-        if on_durable is not None:
-            on_durable(saved)
 
     @contextlib.contextmanager
     def _locked(self):

@@ -101,6 +101,16 @@ def test_a_background_save_is_announced_once_the_file_is_on_disk(tmp_path):
     assert saved.stall_s >= 0
 
 
+def test_a_synchronous_save_is_announced_with_the_whole_stall(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    seen = []
+    manager.save(state(8), 8, on_durable=seen.append)
+    [saved] = seen
+    assert saved.path.is_file() and saved.stall_s >= saved.write_s > 0
+    assert manager.save_once(state(9), 9, on_durable=seen.append) is seen[-1]
+    assert seen[-1].stall_s >= seen[-1].write_s > 0
+
+
 def test_a_failed_background_save_is_never_announced(tmp_path):
     (tmp_path / "blocker").write_text("a file where the folder should be")
     manager = CheckpointManager(tmp_path / "blocker" / "checkpoints")
