@@ -3,10 +3,11 @@
 ```
 recipe.yaml        the resolved recipe (eval and report never need the original file)
 events/            append-only JSON lines, one file per process
-checkpoints/       step-<N>.pt (+ best.pt), atomic and checksummed
+checkpoints/       step-<N>.pt (+ best.pt, best.json), atomic and checksummed; .lock
 tensorboard/       one TensorBoard run, continued across restarts
 logs/              worker stdout/stderr per attempt, hang stack dumps
 reports/           training / validation / test reports written at the end and by eval
+pinned/            recipe-<sha256>.yaml: the resolved recipe each launch's workers read
 ```
 """
 
@@ -51,6 +52,10 @@ class RunDir:
     @property
     def reports(self) -> Path:
         return self.path / "reports"
+
+    @property
+    def pinned(self) -> Path:
+        return self.path / "pinned"
 
     def create(self) -> RunDir:
         for folder in (self.events, self.checkpoints, self.tensorboard, self.logs, self.reports):

@@ -19,11 +19,18 @@ def elasticml_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "elasticml", *args]
 
 
+def this_checkout_env(**extra: str) -> dict[str, str]:
+    """The environment with this checkout first on PYTHONPATH, so a subprocess runs this code
+    and not another installed copy of elasticml."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run_elasticml(*args: str, cwd: Path, timeout: float = 180, env: dict | None = None):
     """Run `elasticml ARGS` to completion; its whole process group is killed on timeout."""
     process = subprocess.Popen(elasticml_command(*args), cwd=cwd, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, **(env or {})})
+                               env=this_checkout_env(**(env or {})))
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from elasticml.errors import UserError
 from elasticml.launch.plan import LaunchPlan, plan_launch
@@ -82,6 +84,7 @@ def train(request: TrainRequest) -> int:
         print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
         return 0
+    plan = plan.pinned(pin_recipe(run_dir, recipe))
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
@@ -138,6 +141,20 @@ def _require_job_key(recipe: Recipe, plan: LaunchPlan) -> None:
             f"job needs a key: set {ENV} to the same secret on every node (e.g. `export "
             f"{ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))')`), or "
             "elastic.rdzv.job_key_file")
+
+
+def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
+    """Write the resolved recipe into the run dir for this launch's workers to read, so that an
+    edit of the user's file mid-run does not reach a restarted worker. Content-addressed
+    (`pinned/recipe-<sha256>.yaml`, written atomically, once), so every launch of the run and
+    every node sharing the run dir finds its own copy intact."""
+    from elasticml.train.checkpoint import write_atomically
+
+    text = recipe_to_yaml(recipe)
+    path = run_dir.pinned / f"recipe-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        write_atomically(path, text.encode())
+    return path
 
 
 class _Follower(threading.Thread):

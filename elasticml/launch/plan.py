@@ -11,6 +11,13 @@ Environment set for every agent and worker:
   rendezvous refuses a node that differs), so torch's agent computes global ranks from the
   round alone instead of exchanging them through the store after the round is decided.
 
+Workers get the recipe and, after it, `--training-hash H`: the hash of the recipe the job
+started with. A worker whose recipe hashes otherwise refuses to train (one line, exit status
+`errors.WORKER_INPUT_ERROR_EXIT`), so a recipe file edited under a running job cannot change what
+restarted workers train when they re-read it (the `--dry-run` line, under plain torchrun).
+elasticml's own launch goes further: it pins the resolved recipe in the run dir
+(`LaunchPlan.pinned`) and its workers read that copy.
+
 Rendezvous backends are elasticml's own (`elasticml-c10d`, `elasticml-etcd-v2`), registered
 through torch's `torchrun.handlers` entry point, so `torchrun` finds them too. They run
 `launch/rounds.py`: a lost node is noticed by its peers' failed collectives (or its stopped
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elasticml.recipe.checks import parse_nnodes
@@ -60,6 +67,8 @@ class LaunchPlan:
     stop_grace: float = 45.0
     """Seconds between SIGTERM and SIGKILL when the agent stops its workers."""
     batch_plans: tuple[BatchPlan, ...] = field(default=())
+    training_hash: str = ""
+    """`recipe.load.training_hash` of the recipe the job started with."""
 
     @property
     def nnodes(self) -> str:
@@ -92,6 +101,12 @@ class LaunchPlan:
         """What each worker runs; the agent prefixes the interpreter."""
         return ["-u", "-m", WORKER_MODULE, *self.worker_args]
 
+    def pinned(self, recipe_file: Path) -> LaunchPlan:
+        """The same launch, its workers reading `recipe_file` (the resolved recipe, overrides
+        and flags applied) instead of the user's file and overrides."""
+        return replace(self, worker_args=(str(recipe_file), "--training-hash",
+                                          self.training_hash))
+
     def torchrun_command(self) -> str:
         """The equivalent plain-torchrun line, environment included."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
@@ -122,6 +137,7 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
     sizes = [n * elastic.nproc_per_node for n in range(min_nodes, max_nodes + 1)]
     batch_plans = tuple(plans_for_sizes(recipe.trainer, sizes))
     endpoint = elastic.rdzv.endpoint or LOCAL_ENDPOINT
+    fingerprint = training_hash(recipe)
     if max_nodes > 1 and not elastic.rdzv.endpoint:
         raise ValueError(
             "elastic.rdzv.endpoint: a job of more than one node needs a rendezvous endpoint "
@@ -139,12 +155,14 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
         max_restarts=elastic.max_restarts,
         monitor_interval=0.1,
         env=_environment(recipe),
-        worker_args=(str(Path(recipe_path).resolve()), *overrides),
+        worker_args=(str(Path(recipe_path).resolve()), "--training-hash", fingerprint,
+                     *overrides),
         local_addr=elastic.local_addr,
         hang_timeout=elastic.hang_timeout,
         stop_grace=elastic.stop_grace,
         collective_timeout=elastic.collective_timeout,
         batch_plans=batch_plans,
+        training_hash=fingerprint,
     )
 
 

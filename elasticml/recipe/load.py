@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -108,17 +109,85 @@ RecipeLoader.add_implicit_resolver(
 
 
 TRAINING_SECTIONS = ("task", "model", "optimizer", "schedule", "trainer")
+VOLATILE_TRAINER_KEYS = ("max_steps", "epochs", "eval_every", "checkpoint_every",
+                         "keep_checkpoints", "async_checkpoint", "log_every", "threads",
+                         "micro_batch_size")
+"""Trainer keys a run may change between launches without becoming another training: how
+long it trains, how often it reports or saves, and how a rank cuts its share into
+micro-batches (the loss is normalised by the global batch, so the update is the same)."""
+HASH_SCHEME = 2
+"""Stored next to `training_hash` in checkpoints; a checkpoint of another scheme is not
+compared (its hash was computed from other fields)."""
+WHOLE_FILE_LIMIT = 64 * 1024**2
+SAMPLE_BYTES = 1024**2
 
 
 def training_hash(recipe: Recipe) -> str:
-    """Fingerprint of what decides the maths; nodes that disagree on it must not train together."""
+    """Fingerprint of what decides the maths; nodes that disagree on it must not train together
+    and a checkpoint trained under another one is not resumed.
+
+    In: the sections task, model, optimizer, schedule and trainer (without
+    `VOLATILE_TRAINER_KEYS`), `run.seed`, and the bytes of every file the recipe names
+    (`task.path`, and the file behind `task.factory` / `model.factory`: a `file.py`, or the
+    source file of a `module`, not what it imports). A file over `WHOLE_FILE_LIMIT` (64 MiB)
+    is fingerprinted by its size and three 1 MiB samples (start, middle, end) instead of
+    being read whole, which catches appends, truncations and rewritten headers but not every
+    edit in between. Out: `run` (but the seed), `elastic`, `faults`.
+    """
     data = recipe_to_dict(recipe)
     relevant = {k: data[k] for k in TRAINING_SECTIONS}
     relevant["seed"] = data["run"]["seed"]
-    for volatile in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "threads"):
+    for volatile in VOLATILE_TRAINER_KEYS:
         relevant["trainer"].pop(volatile, None)
+    relevant["files"] = {key: _file_fingerprint(path) for key, path in _named_files(recipe)}
     blob = json.dumps(relevant, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _named_files(recipe: Recipe) -> list[tuple[str, Path | None]]:
+    found = []
+    if getattr(recipe.task, "path", None):
+        found.append(("task.path", Path(recipe.task.path).expanduser()))
+    for key, spec in (("task.factory", getattr(recipe.task, "factory", None)),
+                      ("model.factory", getattr(recipe.model, "factory", None))):
+        if spec:
+            found.append((key, _code_file(spec)))
+    return found
+
+
+def _code_file(spec: str) -> Path | None:
+    """The file that defines `module:function` or `file.py:function`, without running it
+    (a dotted module's parent packages are imported to find it, as `python -m` would). The
+    recipe checks have put the current directory on `sys.path` already, as a worker's
+    `python -m` has it, so the launcher and its workers find the same file."""
+    module = spec.partition(":")[0]
+    if module.endswith(".py"):
+        return Path(module).expanduser()
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(found, "origin", None)
+    return Path(origin) if origin and Path(origin).is_file() else None
+
+
+def _file_fingerprint(path: Path | None) -> str:
+    if path is None:
+        return "not found"
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size <= WHOLE_FILE_LIMIT:
+                return hashlib.sha256(handle.read()).hexdigest()
+            digest = hashlib.sha256(str(size).encode())
+            for start in (0, size // 2, size - SAMPLE_BYTES):
+                handle.seek(start)
+                digest.update(handle.read(SAMPLE_BYTES))
+            return digest.hexdigest()
+    except OSError:
+        return "unreadable"
 
 
 # --- helpers ---------------------------------------------------------------------------

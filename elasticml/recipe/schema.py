@@ -196,7 +196,8 @@ class TrainerConfig:
     max_steps: int | None = None
     """Optimizer steps to train; exactly one of `max_steps` and `epochs` is set."""
     epochs: float | None = None
-    """Passes over the training split (may be fractional)."""
+    """Passes over the training split (may be fractional): training ends once that many
+    epochs of samples are consumed, whatever the world sizes on the way."""
     global_batch_size: int = 64
     """Samples per optimizer step across all ranks, whatever the world size."""
     micro_batch_size: int | None = None

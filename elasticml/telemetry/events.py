@@ -31,8 +31,12 @@ worker: start {rank, local_rank, world_size, restart_count, step}
         fault {fault: kill | hang, step, rank}
         step {step, epoch, loss, lr, samples, samples_per_s, world_size}
         eval {step, split, metrics}
-        checkpoint {step, path, seconds, reason: periodic | failure | signal | final | best}
-        error {rank, message, traceback}
+        checkpoint {step, path, seconds, stall_s, write_s, error,
+                    reason: periodic | failure | signal | final | best}
+                    (emitted once the file is renamed and fsynced, from the writer thread for
+                    a background save; `seconds` = `stall_s`, the pause of training;
+                    `error`: the exception that led to a `failure` save)
+        error {rank, message, traceback}   (traceback null for a one-line refusal: UserError)
         compiled {seconds}   (first step with trainer.compile: compile time, reported apart)
         warning {message}   (e.g. a corrupt checkpoint skipped)
         done {step, metrics}

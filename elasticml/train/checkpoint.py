@@ -6,12 +6,27 @@ name, fsynced and renamed, so a reader sees either the old set of files or the n
 load the checksum is verified and the state read with `torch.load(weights_only=True)`; a
 corrupt newest file is skipped for the next newest, with a warning. torch is imported only
 once a file has passed its checksum, so a truncated or foreign file is turned away at once.
+
+A save is announced (`on_durable`) only once its file is renamed and fsynced; for a background
+save that is the writer thread's completion, never the moment the write was queued.
+
+Every write into the folder holds the folder's lock (`flock` on `.lock`), so the local ranks
+of a node that all want to save the same last completed step write it once: the first to take
+the lock writes, the others find the file and skip (`save_once`). A write that takes more than
+half the grace a stopping worker gets before SIGKILL (`ELASTICML_STOP_GRACE`, 30 s when unset)
+is warned about once, because such a stop would be cut short.
+
+`best.pt` gets a small record next to it, `best.json` (the best metric and the sha256 of the
+`best.pt` it describes), so a restart learns the best on disk without reading the whole model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -22,6 +37,11 @@ from pathlib import Path
 
 MAGIC = b"EMLCKPT1"
 TRAILER = len(MAGIC) + 64
+BEST = "best.pt"
+BEST_RECORD = "best.json"
+LOCK = ".lock"
+STOP_GRACE_ENV = "ELASTICML_STOP_GRACE"
+DEFAULT_STOP_GRACE_S = 30.0
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -76,22 +96,44 @@ def write_atomically(path: Path, blob: bytes) -> None:
         os.close(directory)
 
 
+def stop_grace_s() -> float:
+    """Seconds a stopping worker has between SIGTERM and SIGKILL (set by the agent)."""
+    text = os.environ.get(STOP_GRACE_ENV, "").strip()
+    if not text:
+        return DEFAULT_STOP_GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        from elasticml.errors import UserError
+
+        raise UserError(f"{STOP_GRACE_ENV}={text!r} is not a number of seconds > 0; "
+                        "unset it for the default of 30")
+    return value
+
+
 @dataclass
 class Saved:
     step: int
     path: Path
     stall_s: float
     """Time the caller was blocked (snapshot + the part of the write it waited for)."""
+    write_s: float | None = None
+    """Time the write took (serialise, write, fsync, rename); None while it is under way."""
 
 
 class CheckpointManager:
     """`step-N.pt` files in one folder: save (optionally in the background), find, prune."""
 
-    def __init__(self, folder: str | Path, keep: int = 3, warn=None) -> None:
+    def __init__(self, folder: str | Path, keep: int = 3, warn=None,
+                 grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
         self.folder, self.keep = Path(folder), keep
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+        self.grace_s = grace_s
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._warned_slow = False
 
     def path_for(self, step: int) -> Path:
         return self.folder / f"step-{step}.pt"
@@ -103,19 +145,47 @@ class CheckpointManager:
         return sorted(int(m.group(1)) for m in found if m)
 
     def save(self, state: dict, step: int, background: bool = False,
-             name: str | None = None) -> Saved:
-        """Write `state`; with `background`, only the in-memory snapshot blocks the caller."""
+             name: str | None = None, on_durable=None) -> Saved:
+        """Write `state`; with `background`, only the in-memory snapshot blocks the caller.
+
+        `on_durable(Saved)` is called once the file is on disk (from the writer thread for a
+        background save); a write that fails is never announced, its error is raised by the
+        next `save` or `wait`."""
         started = time.perf_counter()
         self.wait()
         path = self.folder / name if name else self.path_for(step)
+        saved = Saved(step, path, 0.0)
         if background:
             snapshot = _to_cpu_copy(state)
-            self._writer = threading.Thread(target=self._write, args=(path, snapshot),
+            self._writer = threading.Thread(target=self._write_and_announce,
+                                            args=(saved, snapshot, on_durable),
                                             daemon=True, name="checkpoint-writer")
+            saved.stall_s = time.perf_counter() - started
             self._writer.start()
         else:
-            self._write(path, state)
-        return Saved(step, path, time.perf_counter() - started)
+            self._write(saved, state)
+            saved.stall_s = time.perf_counter() - started
+            self._announce(saved, on_durable)
+        return saved
+
+    def save_once(self, state: dict, step: int, on_durable=None) -> Saved | None:
+        """Write `step-N.pt` unless some process already has; None when it was there.
+
+        The check and the write happen under the folder's lock, so of the local ranks that
+        save the same step at the same moment exactly one writes; the others wait for it
+        and skip. The lock is released when its holder dies, so a writer killed mid-write
+        leaves the next one free to write."""
+        started = time.perf_counter()
+        self.wait()
+        path = self.path_for(step)
+        with self._locked():
+            if path.is_file():
+                return None
+            saved = Saved(step, path, 0.0)
+            self._write(saved, state, locked=True)
+        saved.stall_s = time.perf_counter() - started
+        self._announce(saved, on_durable)
+        return saved
 
     def wait(self) -> None:
         if self._writer is not None:
@@ -125,12 +195,72 @@ class CheckpointManager:
             error, self._error = self._error, None
             raise error
 
-    def _write(self, path: Path, state: dict) -> None:
+    def _write_and_announce(self, saved: Saved, state: dict, on_durable) -> None:
+        self._write(saved, state)
+        if self._error is None and on_durable is not None:
+            on_durable(saved)
+
+    def _announce(self, saved: Saved, on_durable) -> None:
+        """After a synchronous write: raise its error, or say it is on disk."""
+        self.wait()
+        if on_durable is not None:
+            on_durable(saved)
+
+    def _write(self, saved: Saved, state: dict, locked: bool = False) -> None:
+        """Write and fsync; an error is kept for `wait` to raise (the writer is a thread)."""
         try:
-            write_atomically(path, encode(state))
-            self.prune()
+            started = time.perf_counter()
+            with contextlib.nullcontext() if locked else self._locked():
+                blob = encode(state)
+                write_atomically(saved.path, blob)
+                if saved.path.name == BEST:
+                    record = {"best": state.get("best"), "sha256": blob[-64:].decode()}
+                    write_atomically(self.folder / BEST_RECORD, json.dumps(record).encode())
+                self.prune()
+            saved.write_s = time.perf_counter() - started
         except BaseException as err:  # noqa: BLE001 - surfaced by wait()
             self._error = err
+            return
+        self._warn_if_slow(saved)
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # releases the lock
+
+    def _warn_if_slow(self, saved: Saved) -> None:
+        if self._warned_slow or saved.write_s is None or saved.write_s <= self.grace_s / 2:
+            return
+        self._warned_slow = True
+        self.warn(f"writing {saved.path.name} took {saved.write_s:.1f} s, more than half of "
+                  f"the {self.grace_s:g} s a stopping worker has before it is killed "
+                  f"({STOP_GRACE_ENV}): a stop may be cut short and lose steps; put run.dir "
+                  "on a faster disk or raise elastic.stop_grace")
+
+    def best_on_disk(self) -> dict | None:
+        """The best metric `best.pt` holds: from `best.json` when that describes this very
+        file (its sha256 matches the file's trailer), else read from `best.pt` itself."""
+        path = self.folder / BEST
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(-64, os.SEEK_END)
+                digest = handle.read().decode(errors="replace")
+        except OSError:
+            return None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            record = json.loads((self.folder / BEST_RECORD).read_text())
+            if record.get("sha256") == digest:
+                return record.get("best")
+        try:
+            return read_checkpoint(path).get("best")
+        except CorruptCheckpoint as err:
+            self.warn(f"ignoring {err}")
+            return None
 
     def prune(self) -> None:
         for step in self.steps()[:-self.keep]:

@@ -1,10 +1,19 @@
 """The training loop one worker runs: setup, agree on state, train, validate, checkpoint, test.
 
 Every replica holds the whole training state (DDP), so a failure need not lose steps: when a
-collective fails or SIGTERM arrives, a surviving rank writes the state of its last *completed*
-step before it exits, and the next start broadcasts the newest state any rank holds
-(`recovery.agree_on_state`). The sampler, the schedule and the step counter are part of that
-state, so the resumed run is the run that would have happened.
+collective fails or SIGTERM arrives, the state of the last *completed* step is written once
+per node (the first local rank to take the checkpoint folder's lock writes it, the others find
+it there) before the workers exit, and the next start broadcasts the newest state any rank
+holds (`recovery.agree_on_state`). The sampler, the step counter and the best metric are part
+of that state; the learning rate and the random streams are functions of where training
+stands (`optim.LearningRate`, `randomness.py`), so the resumed run is the run that would have
+happened.
+
+SIGTERM sets a flag that is read at every step boundary, after each checkpoint and
+validation, and during every evaluation (at each module call, so between batches): a stop
+never waits for a whole validation or the final evaluations to end, and never cuts a step in
+half. A checkpoint that is not on disk is never announced: the `checkpoint` event comes from
+the write's completion (the writer thread for a background save).
 """
 
 from __future__ import annotations
@@ -21,20 +30,23 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from elasticml.errors import UserError
+from elasticml.jobkey import read_job_key
 from elasticml.launch.plan import threads_per_worker
 from elasticml.recipe.checks import parse_nnodes
-from elasticml.recipe.load import recipe_to_dict, recipe_to_yaml, training_hash
+from elasticml.recipe.load import HASH_SCHEME, recipe_to_dict, recipe_to_yaml, training_hash
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.tasks import build_task
 from elasticml.tasks.base import Shard
 from elasticml.telemetry.events import EventLog
-from elasticml.train.batching import plan_batches
-from elasticml.train.checkpoint import CheckpointManager, write_atomically
+from elasticml.train.batching import Horizon, plan_batches
+from elasticml.train.checkpoint import CheckpointManager, stop_grace_s, write_atomically
 from elasticml.train.faults import FaultInjector
-from elasticml.train.optim import build_optimizer, build_scheduler
+from elasticml.train.optim import LearningRate, build_optimizer
 from elasticml.train.progress import Progress, last_progress
-from elasticml.train.recovery import NOTHING, agree_on_state
+from elasticml.train.randomness import seed_step
+from elasticml.train.recovery import NOTHING, agree_on_best, agree_on_state, is_better
 from elasticml.train.sample_log import SampleLog
 from elasticml.train.sampler import ElasticSampler
 
@@ -44,7 +56,7 @@ TRAIN_REPORT_ROWS = 4096
 
 
 class StopRequested(Exception):
-    """SIGTERM arrived; the state of the last completed step has been saved."""
+    """SIGTERM arrived; raised where the live state is that of the last completed step."""
 
 
 class Trainer:
@@ -59,7 +71,10 @@ class Trainer:
                                local_rank=self.local_rank, world_size=self.world_size,
                                restart_count=self.restart_count)
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
-                                             recipe.trainer.keep_checkpoints, warn=self._warn)
+                                             recipe.trainer.keep_checkpoints, warn=self._warn,
+                                             grace_s=stop_grace_s())
+        self.training_hash = training_hash(recipe)
+        self.job_key = read_job_key(None)
         self.step, self.best = 0, None
         self._stop = False
         self._before = None  # this node's progress before this attempt (for `recovered`)
@@ -91,10 +106,10 @@ class Trainer:
         min_world = min_nodes * recipe.elastic.nproc_per_node
         self.plan = plan_batches(trainer, self.world_size, min_world)
         self.sampler = ElasticSampler(len(self.splits["train"]), recipe.run.seed)
-        self.total_steps = self._total_steps()
+        self.horizon = Horizon.of(trainer, len(self.splits["train"]))
         self.optimizer = build_optimizer(recipe.optimizer, model.parameters())
-        self.scheduler = build_scheduler(recipe.schedule, self.optimizer, self.total_steps,
-                                         self.plan.lr_scale)
+        self.learning_rate = LearningRate(recipe.schedule, self.optimizer, self.horizon,
+                                          self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
                                     self.events.emit, self.run_dir.logs)
         self.metric_name = trainer.best_metric or self.task.main_metric
@@ -104,18 +119,14 @@ class Trainer:
         # is gone); from here on it saves the last completed step first.
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _total_steps(self) -> int:
-        trainer = self.recipe.trainer
-        if trainer.max_steps:
-            return trainer.max_steps
-        per_epoch = math.ceil(len(self.splits["train"]) / self.plan.global_batch)
-        return max(1, math.ceil(per_epoch * trainer.epochs))
-
     def _restore(self) -> None:
-        agreed = agree_on_state(self.checkpoints, self.device if self.device.type == "cuda"
-                                else torch.device("cpu"))
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        agreed = agree_on_state(self.checkpoints, device, self.job_key)
         if agreed.state is not None:
+            self._check_trained_here(agreed)
             self.load_state(agreed.state)
+        self.best = agree_on_best(self.checkpoints.best_on_disk(), self.best, self.metric_name,
+                                  self.task.higher_is_better, device)
         before = last_progress(self.run_dir.logs)
         last_seen = before.step
         lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
@@ -130,6 +141,20 @@ class Trainer:
         if self.rank == 0 and not self.run_dir.recipe.exists():
             write_atomically(self.run_dir.recipe, recipe_to_yaml(self.recipe).encode())
 
+    def _check_trained_here(self, agreed) -> None:
+        """Refuse a state trained under another recipe (the training hash differs)."""
+        state = agreed.state
+        if state.get("training_hash_scheme") != HASH_SCHEME:
+            return  # written by an older elasticml, whose hash covered other fields
+        if state.get("training_hash") == self.training_hash:
+            return
+        where = ("this node's checkpoint" if agreed.local_step == agreed.step
+                 else f"the state from rank {agreed.source_rank}")
+        raise UserError(f"{where} at step {agreed.step} was trained with another recipe "
+                        f"(training hash {state.get('training_hash')}, this recipe "
+                        f"{self.training_hash}): start a new run with --run-id NEW, or put "
+                        "the recipe back as it was")
+
     # --- state -------------------------------------------------------------------------
 
     def state(self) -> dict:
@@ -137,11 +162,11 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "best": self.best,
             "recipe": recipe_to_dict(self.recipe),
-            "training_hash": training_hash(self.recipe),
+            "training_hash": self.training_hash,
+            "training_hash_scheme": HASH_SCHEME,
             "world_size": self.world_size,
             "time": time.time(),
         }
@@ -149,7 +174,6 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.best = int(state["step"]), state.get("best")
 
@@ -161,6 +185,7 @@ class Trainer:
             self.train()
             self.finish()
         except StopRequested:
+            self._save_last_completed(reason="signal")
             raise SystemExit(SIGTERM_EXIT) from None
         except Exception as err:
             self._save_last_completed(reason="failure", error=err)
@@ -170,10 +195,10 @@ class Trainer:
 
     def train(self) -> None:
         trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
-        while self.step < self.total_steps:
-            if self._stop:
-                self._save_last_completed(reason="signal")
-                raise StopRequested
+        self.total_steps = self.horizon.total_steps(self.step, self.sampler.samples_seen,
+                                                    self.plan.global_batch)
+        while not self.horizon.done(self.step, self.sampler.samples_seen):
+            self._check_stop()
             self.faults.before_step(self.step)
             started = time.perf_counter()
             loss_sum, count = self.train_step()
@@ -193,11 +218,14 @@ class Trainer:
             if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
                 self.save("periodic")
                 self.progress.write(self.step)
+        self._check_stop()
         self.progress.finished(self.step)
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; if it fails, the live state is rolled back to the step before."""
         position = self.sampler.state_dict()
+        self.learning_rate.apply(self.step, self.sampler.samples_seen)
+        seed_step(self.recipe.run.seed, self.step, self.rank)
         try:
             return self._step(self.sampler.next_batch(self.plan.global_batch))
         except BaseException:
@@ -230,7 +258,6 @@ class Trainer:
         if self.recipe.optimizer.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optimizer.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.samples.record(self.step, mine if weight else mine[:0])
         return loss_sum, int(len(mine) * weight)
@@ -264,31 +291,63 @@ class Trainer:
             self.model.train()
 
     def validate(self) -> dict:
-        metrics = self.evaluate("val")
+        """Score the validation split; every rank tracks the best identically (the metrics
+        are combined across ranks, and `_agreed` makes sure of the one that picks the best),
+        so whichever rank's state wins the next agreement carries the right best."""
+        with self._stoppable():
+            metrics = self.evaluate("val")
         if self.rank == 0:
             self.events.emit("eval", step=self.step, split="val", metrics=metrics)
-            value = metrics.get(self.metric_name)
-            if value is not None and _better(value, self.best, self.task.higher_is_better):
-                self.best = {"metric": self.metric_name, "value": value, "step": self.step}
-                self.save("best", name="best.pt")
+        value = self._agreed(metrics.get(self.metric_name))
+        if value is not None and is_better(value, self.best, self.task.higher_is_better):
+            self.best = {"metric": self.metric_name, "value": value, "step": self.step}
+            self.save("best", name="best.pt")
+        self._check_stop()
         return metrics
+
+    def _agreed(self, value) -> float | None:
+        """The best metric's value, identical on every rank: a rank whose value differs (it
+        should not) is warned about and the largest is used."""
+        if not isinstance(value, int | float) or math.isnan(value):
+            return None
+        if self.world_size == 1:
+            return float(value)
+        both = torch.tensor([value, -value], dtype=torch.float64,
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+        high, low = float(both[0]), -float(both[1])
+        if high != low:
+            self._warn(f"validation {self.metric_name} differs across ranks ({low} to {high}) "
+                       f"at step {self.step}; the best checkpoint follows the largest")
+        return high
 
     def save(self, reason: str, name: str | None = None) -> None:
         if self.rank != 0:
             return
-        saved = self.checkpoints.save(self.state(), self.step, name=name,
-                                      background=self.recipe.trainer.async_checkpoint)
-        self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
-                         seconds=round(saved.stall_s, 4))
+        self.checkpoints.save(self.state(), self.step, name=name,
+                              background=self.recipe.trainer.async_checkpoint,
+                              on_durable=self._announce(reason))
+        self._check_stop()
+
+    def _announce(self, reason: str, error: BaseException | None = None):
+        """The `checkpoint` event, for when the file is on disk (renamed and fsynced)."""
+        def announce(saved) -> None:
+            self.events.emit("checkpoint", step=saved.step, path=str(saved.path), reason=reason,
+                             seconds=round(saved.stall_s, 4), stall_s=round(saved.stall_s, 4),
+                             write_s=round(saved.write_s, 4),
+                             error=type(error).__name__ if error else None)
+        return announce
 
     def finish(self) -> None:
         reports = {}
         if not self.recipe.trainer.eval_every or self.step % self.recipe.trainer.eval_every:
             reports["val"] = self.validate()
         else:
-            reports["val"] = self.evaluate("val")
-        reports["test"] = self.evaluate("test")
-        reports["train"] = self.evaluate("train")
+            with self._stoppable():
+                reports["val"] = self.evaluate("val")
+        with self._stoppable():
+            reports["test"] = self.evaluate("test")
+            reports["train"] = self.evaluate("train")
         if self.rank == 0:
             for split in ("test", "train"):
                 self.events.emit("eval", step=self.step, split=split, metrics=reports[split])
@@ -305,15 +364,32 @@ class Trainer:
         dist.destroy_process_group()
 
     def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
-        """Write the state of the last completed step (the live state outside `train_step`)."""
+        """Write the state of the last completed step (the live state outside `train_step`),
+        once per node: the other local ranks find the file there and skip."""
         with contextlib.suppress(Exception):  # a failed background write must not stop this one
             self.checkpoints.wait()
         if self.step in self.checkpoints.steps():
             return
-        saved = self.checkpoints.save(self.state(), self.step)
-        self.events.emit("checkpoint", step=self.step, path=str(saved.path), reason=reason,
-                         seconds=round(saved.stall_s, 4),
-                         error=type(error).__name__ if error else None)
+        self.checkpoints.save_once(self.state(), self.step,
+                                   on_durable=self._announce(reason, error))
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise StopRequested
+
+    @contextlib.contextmanager
+    def _stoppable(self):
+        """Within this block (evaluations: the model is not changed) the stop flag is checked
+        at every module call, i.e. between evaluation batches, through a global forward
+        pre-hook; the task's own evaluation code needs no hook of its own."""
+        self._check_stop()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: self._check_stop())
+        try:
+            yield
+        finally:
+            handle.remove()
+        self._check_stop()
 
     def _warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -358,12 +434,6 @@ def _device(choice: str, local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
-
-
-def _better(value: float, best: dict | None, higher: bool) -> bool:
-    if best is None:
-        return True
-    return value > best["value"] if higher else value < best["value"]
 
 
 def _scalars(metrics: dict) -> dict:

@@ -1,4 +1,10 @@
-"""Optimizer and learning-rate schedule from the recipe."""
+"""Optimizer and learning-rate schedule from the recipe.
+
+The learning rate is set before every step from where training stands (`Horizon.position`)
+and the batch plan's scale, rather than carried in a torch LR scheduler: a scheduler's state
+and the optimizer's restored `lr` belong to the world size they were saved at, so the first
+step after a resize would use the old scale.
+"""
 
 from __future__ import annotations
 
@@ -31,8 +37,23 @@ def lr_factor(config: ScheduleConfig, step: int, total_steps: int) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(config: ScheduleConfig, optimizer, total_steps: int, scale: float = 1.0):
-    """A LambdaLR whose position is the optimizer step; `scale` is the linear-policy factor."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: scale * lr_factor(config, step, total_steps)
-    )
+class LearningRate:
+    """`lr = optimizer.lr x scale x lr_factor(position)`, applied to every parameter group.
+
+    `scale` is the linear batch policy's factor for the world size of this attempt. The base
+    learning rate is kept in each group's `initial_lr` (as torch's schedulers do), so it
+    survives the optimizer's state dict."""
+
+    def __init__(self, config: ScheduleConfig, optimizer: torch.optim.Optimizer, horizon,
+                 scale: float = 1.0) -> None:
+        self.config, self.optimizer, self.horizon, self.scale = config, optimizer, horizon, scale
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def apply(self, step: int, samples_seen: int) -> float:
+        """Set the learning rate of the step about to run; returns the first group's."""
+        factor = self.scale * lr_factor(self.config, self.horizon.position(step, samples_seen),
+                                        self.horizon.schedule_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]

@@ -24,6 +24,7 @@ from elasticml.telemetry.events import read_events
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
+USER_CODE = Path(__file__).with_name("user_code.py")
 
 
 TEST_JOB_KEY = "elasticml-tests-" + "5" * 48
@@ -40,6 +41,17 @@ def env_with_repo(**extra: str) -> dict[str, str]:
 
 def train_command(*args: str, recipe: Path = TINY) -> list[str]:
     return [sys.executable, "-m", "elasticml", "train", str(recipe), "-q", *args]
+
+
+def with_model(folder: Path, **model) -> Path:
+    """The tiny recipe with another `model` section, written to `folder/recipe.yaml`."""
+    import yaml
+
+    recipe = yaml.safe_load(TINY.read_text())
+    recipe["model"] = model
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from tests.helpers import RECIPES, elasticml_command, events_of, final_report, run_elasticml
+from tests.helpers import (
+    RECIPES,
+    elasticml_command,
+    events_of,
+    final_report,
+    run_elasticml,
+    this_checkout_env,
+)
 
 pytestmark = pytest.mark.integration
 DIGITS = str(RECIPES / "digits.yaml")
@@ -39,10 +46,12 @@ def test_two_workers_write_a_complete_run_dir(workdir):
 
 
 def test_a_stopped_run_resumes_where_it_stopped(workdir):
-    command = elasticml_command("train", DIGITS, "trainer.max_steps=400",
+    # far more steps than it can train before the SIGTERM; the resume sets the real end
+    command = elasticml_command("train", DIGITS, "trainer.max_steps=100000",
                                 "trainer.checkpoint_every=1000", "trainer.log_every=1")
     process = subprocess.Popen(command, cwd=workdir, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, start_new_session=True)
+                               stderr=subprocess.PIPE, start_new_session=True,
+                               env=this_checkout_env())
     run = workdir / "runs" / "digits"
     try:
         deadline = time.monotonic() + 120
@@ -60,17 +69,18 @@ def test_a_stopped_run_resumes_where_it_stopped(workdir):
             os.killpg(process.pid, signal.SIGKILL)
     saved = [e for e in events_of(run, "checkpoint") if e["reason"] == "signal"]
     assert saved, "the workers saved nothing on SIGTERM"
-    stopped_at = max(e["step"] for e in saved)
+    assert len(saved) == 1, "one writer for the node, not one per local rank"
+    stopped_at = saved[0]["step"]
     last_logged = max(e["step"] for e in events_of(run, "step"))
     assert stopped_at >= last_logged  # not a single completed step was lost
 
-    result = run_elasticml("train", DIGITS, "trainer.max_steps=400",
+    result = run_elasticml("train", DIGITS, f"trainer.max_steps={stopped_at + 20}",
                            "trainer.checkpoint_every=1000", "trainer.log_every=50", cwd=workdir)
     assert result.returncode == 0, result.stderr
     resumed = [e for e in events_of(run, "resume") if e["restart_count"] == 0][-2:]
     assert {e["step"] for e in resumed} == {stopped_at}
     assert all(e["steps_lost"] == 0 for e in resumed)
-    assert final_report(run)["step"] == 400
+    assert final_report(run)["step"] == stopped_at + 20
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous(workdir):
@@ -99,7 +109,7 @@ def test_dry_run_line_runs_the_same_job_under_plain_torchrun(workdir):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     line = line.replace(" torchrun ", f" {torchrun} ", 1)
     result = subprocess.run(["bash", "-c", line], cwd=workdir, capture_output=True, text=True,
-                            timeout=180)
+                            timeout=180, env=this_checkout_env())
     assert result.returncode == 0, result.stderr[-3000:]
     run = workdir / "runs" / "pasted"
     assert final_report(run)["step"] == 10

@@ -6,6 +6,7 @@ import sys
 from typer.testing import CliRunner
 
 from elasticml.cli import app
+from tests.helpers import this_checkout_env
 
 runner = CliRunner()
 
@@ -36,7 +37,7 @@ def test_dry_run_does_not_import_torch():
 
 def bad(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "elasticml", *args], capture_output=True,
-                          text=True)
+                          text=True, env=this_checkout_env())
 
 
 def test_bad_input_is_one_line_exit_2_no_traceback():

@@ -66,7 +66,8 @@ def test_torchrun_line_matches_the_launch_config():
     assert {k: str(v) for k, v in config.rdzv_configs.items() if k != "timeout"} == conf
     module = words.index("-m")
     assert words[module + 1] == "elasticml.train.worker"
-    assert words[module + 2:] == [str(DIGITS), *overrides]
+    assert words[module + 2:] == [str(DIGITS), "--training-hash", plan.training_hash,
+                                  *overrides]
 
 
 def test_multi_node_needs_an_endpoint():
@@ -89,3 +90,36 @@ def test_unservable_range_is_refused_at_compile_time():
                            {"nnodes": "1:3", "rdzv_endpoint": "127.0.0.1:1234"})
     with pytest.raises(UserError, match="smaller than the world size 6"):
         compile_request(request)
+
+
+def test_workers_are_told_the_training_hash_the_job_started_with():
+    from elasticml.recipe.load import training_hash
+
+    plan = plan_for("trainer.max_steps=9")
+    expected = training_hash(load_recipe(DIGITS, ["trainer.max_steps=9"]))
+    args = plan.worker_command()
+    at = args.index("--training-hash")
+    assert args[at + 1] == expected and args[at - 1] == str(DIGITS.resolve())
+    assert f"--training-hash {expected}" in plan.torchrun_command()
+    assert args[-1] == "trainer.max_steps=9"
+
+
+def test_elasticml_s_own_launch_runs_the_recipe_pinned_in_the_run_dir(tmp_path):
+    from elasticml.launch.job import pin_recipe
+    from elasticml.rundir import RunDir
+
+    recipe = load_recipe(DIGITS, ["trainer.max_steps=9", f"run.dir={tmp_path}"])
+    plan = plan_launch(recipe, DIGITS, ["trainer.max_steps=9", f"run.dir={tmp_path}"])
+    run_dir = RunDir(plan.run_dir).create()
+    pinned_path = pin_recipe(run_dir, recipe)
+    assert pinned_path.parent.parent == run_dir.path and pinned_path.is_file()
+    assert pin_recipe(run_dir, recipe) == pinned_path, "content-addressed: written once"
+    pinned = plan.pinned(pinned_path)
+    args = pinned.worker_command()
+    assert args[args.index("-m") + 2:] == [str(pinned_path), "--training-hash",
+                                           plan.training_hash]
+    from elasticml.recipe.load import recipe_to_dict, training_hash
+
+    again = load_recipe(pinned_path)
+    assert recipe_to_dict(again) == recipe_to_dict(recipe)
+    assert training_hash(again) == plan.training_hash

@@ -111,3 +111,49 @@ def test_training_hash_ignores_logging_but_not_maths():
     assert training_hash(load_recipe(DIGITS, ["trainer.log_every=1"])) == base
     assert training_hash(load_recipe(DIGITS, ["elastic.nnodes=1:4"])) == base
     assert training_hash(load_recipe(DIGITS, ["optimizer.lr=0.1"])) != base
+
+
+def test_training_hash_lets_the_length_of_training_change():
+    """`raise trainer.max_steps to train on` must resume the same run, not refuse it."""
+    base = training_hash(load_recipe(DIGITS))
+    for volatile in ("trainer.max_steps=5000", "trainer.async_checkpoint=false",
+                     "trainer.checkpoint_every=7", "trainer.keep_checkpoints=9",
+                     "trainer.micro_batch_size=8", "faults.step_delay=0.5"):
+        assert training_hash(load_recipe(DIGITS, [volatile])) == base, volatile
+    for maths in ("run.seed=1", "trainer.global_batch_size=32", "trainer.batch_policy=linear",
+                  "schedule.warmup_steps=3", "model.dropout=0.5"):
+        assert training_hash(load_recipe(DIGITS, [maths])) != base, maths
+
+
+def _custom_recipe(tmp_path, data: Path, factory: Path | None = None):
+    model = {"name": "custom", "factory": f"{factory}:make"} if factory else {"name": "mlp"}
+    return load_recipe({"task": {"name": "custom", "path": str(data)}, "model": model,
+                        "trainer": {"max_steps": 1}})
+
+
+def test_training_hash_covers_the_bytes_of_the_files_the_recipe_names(tmp_path):
+    data, code = tmp_path / "t.csv", tmp_path / "model.py"
+    data.write_text("1,2,0\n3,4,1\n")
+    code.write_text("def make(info):\n    return None\n")
+    base = training_hash(_custom_recipe(tmp_path, data, code))
+    assert training_hash(_custom_recipe(tmp_path, data, code)) == base
+    data.write_text("1,2,0\n3,5,1\n")
+    changed_data = training_hash(_custom_recipe(tmp_path, data, code))
+    assert changed_data != base
+    code.write_text("def make(info):\n    return 1\n")
+    assert training_hash(_custom_recipe(tmp_path, data, code)) != changed_data
+
+
+def test_training_hash_samples_a_huge_file_instead_of_reading_it_all(tmp_path, monkeypatch):
+    import elasticml.recipe.load as load
+
+    monkeypatch.setattr(load, "WHOLE_FILE_LIMIT", 4096)
+    monkeypatch.setattr(load, "SAMPLE_BYTES", 512)
+    data = tmp_path / "big.csv"
+    rows = "".join(f"{i},{i},{i % 2}\n" for i in range(2000))
+    data.write_text(rows)
+    base = training_hash(_custom_recipe(tmp_path, data))
+    data.write_text(rows[:-6] + "9,9,1\n")  # the tail changed: seen
+    assert training_hash(_custom_recipe(tmp_path, data)) != base
+    data.write_text(rows + "5,5,1\n")  # grown: the size is part of the fingerprint
+    assert training_hash(_custom_recipe(tmp_path, data)) != base

@@ -13,6 +13,7 @@ from elasticml.errors import UserError
 from elasticml.report import report, summarise
 from elasticml.report.locate import resolve_run
 from elasticml.rundir import RunDir
+from tests.helpers import this_checkout_env
 from tests.synth import SynthRun
 
 
@@ -61,7 +62,7 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     for args in (["report", str(tmp_path / "missing")], ["report", "--run-dir", str(tmp_path)],
                  ["report", str(tmp_path)]):
         result = subprocess.run([sys.executable, "-m", "elasticml", *args], capture_output=True,
-                                text=True, cwd=tmp_path)
+                                text=True, cwd=tmp_path, env=this_checkout_env())
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
