@@ -19,13 +19,13 @@ seconds.
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elasticml.recipe.checks import parse_nnodes
 from elasticml.recipe.load import training_hash
+from elasticml.recipe.resources import threads_per_worker
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.train.batching import BatchPlan, plans_for_sizes
@@ -158,13 +158,6 @@ def _environment(recipe: Recipe) -> dict[str, str]:
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     env["OMP_NUM_THREADS"] = str(threads_per_worker(recipe))
     return env
-
-
-def threads_per_worker(recipe: Recipe) -> int:
-    if recipe.trainer.threads:
-        return recipe.trainer.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // recipe.elastic.nproc_per_node)
 
 
 def _num(value: float) -> str:

@@ -17,9 +17,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from elasticml.components import is_component
 from elasticml.errors import UserError
 from elasticml.recipe.checks import check_recipe
-from elasticml.recipe.schema import MODELS, TASKS, Recipe
+from elasticml.recipe.schema import MODELS, TASKS, OptimizerConfig, Recipe, ScheduleConfig
 
 BUNDLED = Path(__file__).resolve().parent.parent / "bundled_recipes"
 SOURCE_TREE = Path(__file__).resolve().parents[2] / "recipes"
@@ -60,7 +61,7 @@ def load_recipe(
         raw, path, text = OmegaConf.create(source), None, None
     else:
         path = find_recipe(str(source))
-        text = path.read_text()
+        text = _read_text(path)
         raw, path = _parse_yaml(text, path), path
     given = {item.partition("=")[0].strip() for item in overrides or []}
     given |= {key for key, value in (flags or {}).items() if value is not None}
@@ -71,6 +72,8 @@ def load_recipe(
         recipe = OmegaConf.to_object(config)
     except OmegaConfBaseException as err:
         raise UserError(_explain(err, path if not _given(err, given) else None, text)) from None
+    if path is not None:
+        recipe.run.recipe_dir = str(path.resolve().parent)
     problems = check_recipe(recipe)
     if problems:
         key, message = problems[0]
@@ -107,7 +110,8 @@ RecipeLoader.add_implicit_resolver(
 )
 
 
-TRAINING_SECTIONS = ("task", "model", "optimizer", "schedule", "trainer")
+TRAINING_SECTIONS = ("task", "data", "model", "loss", "metrics", "optimizer", "schedule",
+                     "trainer")
 
 
 def training_hash(recipe: Recipe) -> str:
@@ -117,11 +121,22 @@ def training_hash(recipe: Recipe) -> str:
     relevant["seed"] = data["run"]["seed"]
     for volatile in ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "threads"):
         relevant["trainer"].pop(volatile, None)
+    relevant["data"].pop("loader", None)  # how samples are read, not which
     blob = json.dumps(relevant, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}); a recipe is YAML "
+                        "text") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def _parse_yaml(text: str, path: Path) -> DictConfig:
@@ -175,17 +190,38 @@ def _put(nested: dict, dotted: str, value: Any) -> None:
     nested[last] = value
 
 
+DATA_KEYS = ("train", "val", "test", "splits")
+
+
 def _schema_for(merged: DictConfig) -> Recipe:
-    """The schema object whose `task` / `model` variants match the names the user chose."""
-    task_name = OmegaConf.select(merged, "task.name", default="digits")
-    model_name = OmegaConf.select(merged, "model.name", default="cnn")
-    if task_name not in TASKS:
-        raise UserError(f"task.name: unknown task '{task_name}' (choose from {', '.join(TASKS)})")
-    if model_name not in MODELS:
-        raise UserError(
-            f"model.name: unknown model '{model_name}' (choose from {', '.join(MODELS)})"
-        )
-    return Recipe(task=TASKS[task_name](), model=MODELS[model_name]())
+    """The schema object whose sections match what the user chose: the `task` / `model`
+    variants by name, free-form mappings for components (`_target_`), no `task` when the
+    recipe names its own datasets under `data`."""
+    own = any(OmegaConf.select(merged, f"data.{key}", default=None) is not None
+              for key in DATA_KEYS)
+    if own and merged.get("task") is not None:
+        raise UserError("task: a recipe names its data either with task (a bundled task) or "
+                        "with data.train/val/test (your own datasets), not both")
+    task = None
+    if not own:
+        task_name = OmegaConf.select(merged, "task.name", default="digits")
+        if task_name not in TASKS:
+            raise UserError(f"task.name: unknown task '{task_name}' (choose from "
+                            f"{', '.join(TASKS)}, or name your own datasets under data)")
+        task = TASKS[task_name]()
+    model = {}
+    if not is_component(merged.get("model")):
+        model_name = OmegaConf.select(merged, "model.name", default="cnn")
+        if own:
+            raise UserError("model: with your own data, name your model as "
+                            "{_target_: module.Class, ...}")
+        if model_name not in MODELS:
+            raise UserError(f"model.name: unknown model '{model_name}' (choose from "
+                            f"{', '.join(MODELS)}, or name your own as {{_target_: ...}})")
+        model = MODELS[model_name]()
+    optimizer = {} if is_component(merged.get("optimizer")) else OptimizerConfig()
+    schedule = {} if is_component(merged.get("schedule")) else ScheduleConfig()
+    return Recipe(task=task, model=model, optimizer=optimizer, schedule=schedule)
 
 
 def _given(err: OmegaConfBaseException, given: set[str]) -> bool:

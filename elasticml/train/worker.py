@@ -22,6 +22,7 @@ import traceback
 
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from elasticml.errors import WORKER_INPUT_ERROR_EXIT, UserError
 from elasticml.recipe.load import load_recipe
 
 
@@ -59,6 +60,9 @@ if __name__ == "__main__":
         if stop.code != SIGTERM_EXIT:
             raise
         _leave(SIGTERM_EXIT)
+    except UserError as err:  # bad input: a restart would meet it again (errors.py)
+        print(f"error: {err}", file=sys.stderr)
+        _leave(WORKER_INPUT_ERROR_EXIT)
     except Exception:  # noqa: BLE001 - recorded by @record already; exit as Python would
         traceback.print_exc()
         _leave(1)

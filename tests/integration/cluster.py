@@ -112,7 +112,7 @@ def assert_same_data(records: list[tuple[int, int, list[int]]], steps: int,
     (so each sample once per epoch), whatever the ranks that shared it."""
     from elasticml.recipe.load import load_recipe
     from elasticml.tasks import build_task
-    from elasticml.train.sampler import ElasticSampler
+    from elasticml.data.sampler import ElasticSampler
 
     loaded = load_recipe(recipe, [])
     sampler = ElasticSampler(len(build_task(loaded).splits()["train"]), loaded.run.seed)

@@ -15,11 +15,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("**/*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def _repo_root(monkeypatch):
-    monkeypatch.chdir(ROOT)  # recipe paths (data files, factories) are relative to it
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_recipe_loads_and_is_documented(path):
     recipe = load_recipe(path)
@@ -47,8 +42,8 @@ def test_catalogue_lists_every_recipe_with_its_description():
         assert path.stem in result.output
 
 
-@pytest.mark.parametrize("name", ["digits", "spirals", "custom/spirals", "spirals-csv.yaml",
-                                  "recipes/custom/spirals"])
+@pytest.mark.parametrize("name", ["digits", "spirals", "byo/spirals", "spirals-csv.yaml",
+                                  "recipes/custom/spirals-csv", "recipes/byo/spirals.yaml"])
 def test_recipes_show_finds_names_and_subfolders(name):
     result = CliRunner().invoke(app, ["recipes", "show", name])
     assert result.exit_code == 0
