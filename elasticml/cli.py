@@ -113,9 +113,13 @@ def recipes_keys(
     from elasticml.recipe.reference import sections
 
     console = Console()
-    for title, keys in sections().items():
-        if section and not title.startswith(section):
-            continue
+    found = sections()
+    titles = [t for t in found if not section or t.split(" ")[0] == section.strip(".")]
+    if not titles:
+        names = ", ".join(dict.fromkeys(t.split(" ")[0] for t in found))
+        raise UserError(f"no recipe section '{section}' (sections: {names})")
+    for title in titles:
+        keys = found[title]
         table = Table("key", "type", "default", "meaning", title=title, title_justify="left")
         for k in keys:
             table.add_row(k.key, k.type, k.default, k.doc)

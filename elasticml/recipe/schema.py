@@ -217,8 +217,8 @@ class DataConfig:
     """Instead of train/val/test: one `{_target_: ...}` returning all three (a dict with
     those keys, or a 3-tuple in that order)."""
     collate_fn: Any = None
-    """`{_target_: ..., _partial_: true}` or a function's path as `{_target_: ...}` whose
-    result is the collate function; default: torch's `default_collate`."""
+    """`{_target_: mymodule.collate, _partial_: true}` (the function itself, not its result);
+    default: torch's `default_collate`."""
     target_key: str = "target"
     """For dict samples: the entry holding the target; the other entries are the model's
     keyword arguments."""
