@@ -194,11 +194,17 @@ def _bind(target, positional: list, kwargs: dict, key: str, partial: bool) -> No
         signature = inspect.signature(target)
     except (TypeError, ValueError):  # a builtin without a signature: let the call decide
         return
+    name = getattr(target, "__qualname__", str(target))
+    takes = ", ".join(p for p in signature.parameters if p != "self") or "no arguments"
+    params = signature.parameters.values()
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        unknown = [k for k in kwargs if k not in signature.parameters]
+        if unknown:  # the likely typo, said before any missing argument
+            raise UserError(f"{key}: {name} takes no argument '{unknown[0]}' (it takes: "
+                            f"{takes})")
     try:
         (signature.bind_partial if partial else signature.bind)(*positional, **kwargs)
     except TypeError as err:
-        name = getattr(target, "__qualname__", str(target))
-        takes = ", ".join(p for p in signature.parameters if p != "self") or "no arguments"
         raise UserError(f"{key}: {name} {err} (it takes: {takes})") from None
 
 

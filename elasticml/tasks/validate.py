@@ -4,7 +4,9 @@ Every `_target_` must import (from the recipe's folder, `PYTHONPATH` or an insta
 package) and take the arguments the recipe gives it (plus those the call site adds: the
 parameters for `optimizer`, the optimizer for `schedule`). Where the target is a class, it
 must be the right kind: a `Dataset` (not an `IterableDataset`), an `nn.Module`, a torchmetrics
-`Metric`, an `Optimizer`, an LR scheduler; a loss must take `(outputs, target)`. A factory
+`Metric`, an `Optimizer`, an LR scheduler; a loss must take `(outputs, target)`. A dataset
+class with a static `preflight(**arguments)` is asked why it cannot be built (its files are
+missing, say) before anything starts. A factory
 function's result can only be checked once it is called, in the worker, which ends the job on
 the first such error instead of retrying it.
 
@@ -47,6 +49,7 @@ def check_components(recipe: Recipe, code: Code | None = None) -> None:
                 raise UserError(f"data.{name}._target_: {target_of(config)} is an "
                                 "IterableDataset; its position cannot survive a resize: give "
                                 "a map-style Dataset (__len__ and __getitem__)")
+            _preflight(target, config, f"data.{name}")
     for key in ("splits", "collate_fn"):
         if getattr(data, key) is not None:
             check(getattr(data, key), f"data.{key}", code)
@@ -58,6 +61,16 @@ def check_components(recipe: Recipe, code: Code | None = None) -> None:
 
         for name, config in recipe.metrics.items():
             check(config, f"metrics.{name}", code, kind=Metric, what="a torchmetrics Metric")
+
+
+def _preflight(target, config, key: str) -> None:
+    """A dataset class may say, without loading anything, why it cannot be built (missing
+    files): `preflight(**arguments) -> str | None`, as `FashionMNIST` does."""
+    preflight = getattr(target, "preflight", None)
+    if inspect.isclass(target) and callable(preflight):
+        problem = preflight(**{k: v for k, v in config.items() if not k.startswith("_")})
+        if problem:
+            raise UserError(f"{key}: {problem}")
 
 
 def _has_components(recipe: Recipe) -> bool:
