@@ -6,9 +6,9 @@ code, the number of dimensions - then each dimension as a big-endian int32, then
 values), so neither a download nor torchvision is needed.
 
 Splits: `test` is the 10,000-image test file; `train` and `val` cut the 60,000-image training
-file, `val_size` images held out by a seeded choice. `augment` (training) pads by 2 pixels,
-crops back to 28x28 at a random offset and flips half of the images left to right, with
-plain torch ops, in the DataLoader's worker processes.
+file, `val_size` images held out by a seeded choice. `augment` (training) pads by `shift`
+pixels, crops back to 28x28 at a random offset and flips half of the images left to right,
+with plain torch ops, in the DataLoader's worker processes.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ class FashionMNIST(Dataset):
     """`(image [1, 28, 28] float, label)` pairs of one split."""
 
     def __init__(self, split: str = "train", root: str = FOLDER, val_size: int = 5000,
-                 seed: int = 0, augment: bool = False, normalize: bool = True) -> None:
+                 seed: int = 0, augment: bool = False, shift: int = 1,
+                 normalize: bool = True) -> None:
         problem = self.preflight(split=split, root=root, val_size=val_size)
         if problem:
             raise UserError(problem)
@@ -76,7 +77,7 @@ class FashionMNIST(Dataset):
             rows = order[:val_size] if split == "val" else order[val_size:]
             images, labels = images[rows.sort().values], labels[rows.sort().values]
         self.images, self.labels = images, labels
-        self.augment, self.normalize = augment, normalize
+        self.augment, self.shift, self.normalize = augment, shift, normalize
 
     @staticmethod
     def preflight(split: str = "train", root: str = FOLDER, val_size: int = 5000,
@@ -98,13 +99,13 @@ class FashionMNIST(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index].float().div_(255.0)[None]
         if self.augment:
-            image = _shift_and_flip(image)
+            image = _shift_and_flip(image, self.shift)
         if self.normalize:
             image = (image - MEAN) / STD
         return image, self.labels[index]
 
 
-def _shift_and_flip(image: torch.Tensor, pad: int = 2) -> torch.Tensor:
+def _shift_and_flip(image: torch.Tensor, pad: int) -> torch.Tensor:
     """A random crop of the image padded by `pad` zeros, flipped left-right half the time."""
     padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
     top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()

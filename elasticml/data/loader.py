@@ -4,8 +4,8 @@ shards of an evaluation.
 Training: `DataLoader(dataset, batch_sampler=ElasticBatchSampler(...))` with the recipe's
 `data.loader` settings (workers, pinned memory, persistent workers, prefetch). The loader is
 built once per attempt from the restored cursor; `TrainBatches.next` hands out one
-micro-batch at a time and checks that it has the size the loop expects, so the loop and the
-loader cannot drift apart unnoticed.
+micro-batch at a time and checks that it holds the samples the loop expects (its size, and its
+`index` entry where a batch has one), so the loop and the loader cannot drift apart unnoticed.
 
 Data errors are input errors: the order is a function of the seed and the position, so a
 restart would read the very same samples and fail again. A batch that cannot be read or
@@ -58,7 +58,9 @@ class TrainBatches:
                                  **loader_options(settings, device))
         self._iterator = iter(self.loader)
 
-    def next(self, expected: int):
+    def next(self, ids: torch.Tensor):
+        """The next micro-batch, which must hold the samples `ids` (checked by its size, and by
+        its `index` entry when it has one, as in-memory splits do)."""
         try:
             batch = next(self._iterator)
         except (OSError, RuntimeError, MemoryError):
@@ -67,9 +69,12 @@ class TrainBatches:
             raise UserError(f"data: a training batch could not be read: {_one_line(err)}") \
                 from None
         size = batch_size(batch)
-        if size is not None and size != expected:
+        if size is not None and size != len(ids):
             raise RuntimeError(f"the loader gave a batch of {size} samples, the step expected "
-                               f"{expected}: a batch must hold one entry per sample id")
+                               f"{len(ids)}: a batch must hold one entry per sample id")
+        index = batch.get("index") if isinstance(batch, Mapping) else None
+        if isinstance(index, torch.Tensor) and not torch.equal(index.cpu(), ids):
+            raise RuntimeError("the loader's batch holds other samples than the step's")
         return to_device(batch, self.device)
 
     def close(self) -> None:

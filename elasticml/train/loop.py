@@ -223,7 +223,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or self.world_size == 1 else \
                 self.train_model.no_sync()
             with sync:
-                batch = self.batches.next(len(chunk))  # the loader's batch of exactly `chunk`
+                batch = self.batches.next(chunk)  # the loader's batch of exactly `chunk`
                 with autocast:
                     summed = loss_sum(self.task.loss(self.train_model, batch), len(chunk))
                 (summed * (scale * weight)).backward()

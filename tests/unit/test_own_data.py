@@ -180,7 +180,7 @@ def test_a_bad_sample_is_an_input_error_with_loader_workers_too(folder, workers)
                            loaded.data.loader, None, torch.device("cpu"))
     with pytest.raises(UserError, match=r"^data: a training batch could not be read: "
                                         r"ValueError: row 7 is not a number$"):
-        batches.next(40)
+        batches.next(torch.arange(40))
     batches.close()
 
 
