@@ -73,8 +73,9 @@ class TrainBatches:
             raise RuntimeError(f"the loader gave a batch of {size} samples, the step expected "
                                f"{len(ids)}: a batch must hold one entry per sample id")
         index = batch.get("index") if isinstance(batch, Mapping) else None
-        if isinstance(index, torch.Tensor) and not torch.equal(index.cpu(), ids):
-            raise RuntimeError("the loader's batch holds other samples than the step's")
+        if isinstance(index, torch.Tensor) and not torch.equal(index.cpu().long(), ids):
+            raise UserError("data: a batch's 'index' entry is not the ids of the samples in it "
+                            "(an 'index' entry must be each sample's own index; rename it)")
         return to_device(batch, self.device)
 
     def close(self) -> None:

@@ -46,12 +46,23 @@ def test_bad_input_is_one_line_exit_2_no_traceback():
         (("train", "digits", "--nnodes", "2:1"), "elastic.nnodes"),
         (("train", "digits", "--nnodes", "1:2"), "needs a rendezvous endpoint"),
         (("train", "digits", "--rdzv-backend", "zk"), "elastic.rdzv.backend: 'zk'"),
+        (("train", "byo/spirals", "model.widht=3"), "model: SpiralNet takes no argument 'widht'"),
+        (("train", "byo/spirals", "data.val._target_=spirals_script.Nope", "--dry-run"),
+         "data.val._target_: spirals_script has no 'Nope'"),
+        (("recipes", "keys", "NO_SUCH_SECTION"), "no recipe section 'NO_SUCH_SECTION'"),
     ]:
         result = bad(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_recipe_that_is_not_text_is_one_line(tmp_path):
+    (tmp_path / "r.yaml").write_bytes(b"run: {name: \xff\xfe}\n")
+    result = bad("train", str(tmp_path / "r.yaml"))
+    assert result.returncode == 2 and "not a UTF-8 text file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_recipes_lists_and_shows():
