@@ -121,7 +121,7 @@ def test_fashion_mnist_from_disk_with_loader_workers(tmp_path, fashion_mnist):
 
 
 def test_movielens_beats_the_most_popular_list(tmp_path, movielens):
-    _, final, metrics = train_and_eval(tmp_path, "recipes/movielens.yaml", "trainer.epochs=2",
+    _, final, metrics = train_and_eval(tmp_path, "recipes/movielens.yaml", "trainer.epochs=4",
                                        "trainer.eval_every=0", "trainer.checkpoint_every=0")
     assert metrics["ndcg@10"] >= 1.3 * metrics["popular_ndcg@10"]
     assert metrics["recall@10"] >= 1.3 * metrics["popular_recall@10"]
