@@ -40,7 +40,7 @@ def find_recipe(name_or_path: str) -> Path:
         raise UserError(f"{name_or_path} is a directory; give a recipe .yaml file")
     stem = path.name.removesuffix(".yaml")
     inside = Path(*path.parts[1:]) if path.parts and path.parts[0] == "recipes" else path
-    if not path.is_absolute():  # `digits`, `custom/spirals`, `recipes/custom/spirals.yaml`
+    if not path.is_absolute():  # `digits`, `byo/spirals`, `recipes/byo/spirals.yaml`
         for root in recipe_dirs():
             for candidate in (root / inside.parent / f"{stem}.yaml",
                               *root.glob(f"**/{stem}.yaml")):

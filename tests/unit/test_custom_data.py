@@ -1,4 +1,4 @@
-"""Users' own data and models: CSV and NPZ files, factories, and the errors they can cause."""
+"""A table of numbers as data (`task.name: custom`): CSV and NPZ files and the errors they cause."""
 
 import numpy as np
 import pytest
