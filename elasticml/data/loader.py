@@ -17,6 +17,7 @@ errors and go through the normal restart.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -37,6 +38,11 @@ def loader_options(settings, device: torch.device) -> dict:
     workers = settings.num_workers
     options = {"num_workers": workers, "pin_memory": settings.pin_memory and device.type == "cuda"}
     if workers:
+        # Forked, whatever the process's own default: a process started by `spawn` (eval
+        # --nproc) would otherwise spawn loader workers that re-import the user's modules
+        # without the recipe's folder on their path.
+        if "fork" in multiprocessing.get_all_start_methods():
+            options["multiprocessing_context"] = "fork"
         options["persistent_workers"] = settings.persistent_workers
         if settings.prefetch_factor is not None:
             options["prefetch_factor"] = settings.prefetch_factor

@@ -107,6 +107,10 @@ def test_the_worked_example_a_plain_scripts_classes_end_to_end(tmp_path):
     assert scored.returncode == 0, scored.stderr
     assert close(json.loads(scored.stdout)["metrics"]["accuracy"], final["test"]["accuracy"])
     assert not marker.exists(), "the current directory's module was not imported"
+    parallel = elasticml("eval", str(run), "--json", "--trust-code", "--nproc", "2",
+                         cwd=elsewhere)
+    assert parallel.returncode == 0, parallel.stderr
+    assert close(json.loads(parallel.stdout)["metrics"]["accuracy"], final["test"]["accuracy"])
     report = elasticml("report", str(run), "--json")
     assert report.returncode == 0 and json.loads(report.stdout)["metrics"]
 
