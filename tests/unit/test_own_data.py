@@ -55,6 +55,24 @@ class OwnLossNet(Net):
         logits = self.body(features)
         return {"loss": torch.nn.functional.cross_entropy(logits, target), "logits": logits}
 
+class Scale:
+    def __init__(self, factor):
+        self.factor = factor
+    def __call__(self, x):
+        return x * self.factor
+
+class Transformed(Pairs):
+    def __init__(self, transform, n=40):
+        super().__init__(n)
+        self.transform = transform
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return self.transform(x), y
+
+def pairs_collate(samples, scale=1.0):
+    xs, ys = zip(*samples)
+    return torch.stack(xs) * scale, torch.stack(ys)
+
 class OneArgLoss(torch.nn.Module):
     def forward(self, outputs):
         return outputs.sum()
@@ -157,6 +175,21 @@ def test_dict_batches_and_a_model_that_returns_its_own_loss(folder):
     plain = build_task(recipe(folder, data=dicts, loss=None))
     with pytest.raises(UserError, match="^loss: the recipe names no loss"):
         plain.loss(plain.build_model(), {"features": batch["features"]})
+
+
+def test_a_nested_transform_and_a_partial_collate_function(folder):
+    transformed = {"_target_": "mine.Transformed",
+                   "transform": {"_target_": "mine.Scale", "factor": 0.0}}
+    task = build_task(recipe(folder, data={"train": transformed, "collate_fn": {
+        "_target_": "mine.pairs_collate", "_partial_": True, "scale": 2.0}}))
+    loaded = recipe(folder, data={"loader": {"num_workers": 1}},
+                    trainer={"max_steps": 2, "global_batch_size": 32})
+    plan = plan_batches(loaded.trainer, 1, 1)
+    batches = TrainBatches(task.splits()["train"], ElasticSampler(40, 0), plan, 1, 0,
+                           loaded.data.loader, task.collate_fn, torch.device("cpu"))
+    features, labels = batches.next(torch.arange(32))
+    assert features.shape == (32, 3) and (features == 0).all() and labels.shape == (32,)
+    batches.close()
 
 
 def test_the_loss_contract():
