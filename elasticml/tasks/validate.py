@@ -63,6 +63,23 @@ def check_components(recipe: Recipe, code: Code | None = None) -> None:
             check(config, f"metrics.{name}", code, kind=Metric, what="a torchmetrics Metric")
 
 
+def check_data_files(recipe: Recipe) -> None:
+    """A bundled task's data file read once here, so a bad row (or a missing package) is one
+    line before any worker starts rather than an error every restart meets again."""
+    task = recipe.task
+    if task is None:
+        return
+    if task.name == "custom":
+        from elasticml.recipe.checks import recipe_path
+        from elasticml.tasks.custom import read_table
+
+        read_table(recipe_path(recipe, task.path), task.label)
+    elif task.name == "movielens" and not task.path:
+        from elasticml.data.movielens import bundled_file
+
+        bundled_file()
+
+
 def _preflight(target, config, key: str) -> None:
     """A dataset class may say, without loading anything, why it cannot be built (missing
     files): `preflight(**arguments) -> str | None`, as `FashionMNIST` does."""

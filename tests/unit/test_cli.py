@@ -58,6 +58,17 @@ def test_bad_input_is_one_line_exit_2_no_traceback():
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_bad_row_in_a_data_file_is_one_line_before_anything_starts(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n")
+    (tmp_path / "r.yaml").write_text("task: {name: custom, path: t.csv}\nmodel: {name: mlp}\n"
+                                     "trainer: {max_steps: 5}\n")
+    result = bad("train", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith("t.csv:3: column 'b': 'oops' is not a number")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_recipe_that_is_not_text_is_one_line(tmp_path):
     (tmp_path / "r.yaml").write_bytes(b"run: {name: \xff\xfe}\n")
     result = bad("train", str(tmp_path / "r.yaml"))
