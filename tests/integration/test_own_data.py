@@ -86,3 +86,42 @@ def test_a_join_with_loader_workers_keeps_every_sample_once(cluster, tmp_path):
     rejoined = [e for e in of_kind(events, "resume") if e["world_size"] == 2]
     assert {e["steps_lost"] for e in rejoined} == {0}
     assert_same_data(read_sample_log(samples), steps, recipe=TINY_OWN)
+
+
+@pytest.mark.netns
+def test_a_node_loss_with_loader_workers_keeps_every_sample_once(cluster, tmp_path):
+    steps = 60
+    store_port = free_port(cluster.host_addr)
+    store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
+                 "--port", str(store_port)], tmp_path / "store.log")
+    samples = tmp_path / "samples"
+    nodes = Nodes(cluster, tmp_path, f"{cluster.host_addr}:{store_port}", "--nnodes", "1:2",
+                  "--nproc-per-node", "1", f"trainer.max_steps={steps}",
+                  "faults.step_delay=0.1", "elastic.collective_timeout=10",
+                  "elastic.rdzv.standalone_store=true",
+                  env={"ELASTICML_SAMPLE_LOG": str(samples)}, recipe=TINY_OWN)
+    try:
+        wait_for(lambda: "serving" in store.output(), 30, "the rendezvous store")
+        a, b = nodes.start(), nodes.start()
+        wait_for(lambda: any(e["kind"] == "step" and e["world_size"] == 2 and e["step"] >= 5
+                             for e in nodes.events(a)), 120, "both nodes to train")
+        lost = next(n for n in (a, b) if of_kind(nodes.events(n), "step", rank=0))
+        survivor = b if lost == a else a
+        cluster.kill_node(lost)
+        assert nodes.jobs[survivor].wait(240) == 0, nodes.jobs[survivor].output()[-3000:]
+    finally:
+        nodes.stop()
+        store.stop()
+    [resumed] = [e for e in of_kind(nodes.events(survivor), "resume") if e["world_size"] == 1]
+    assert resumed["steps_lost"] == 0
+    # the lost node's records count up to the step the survivor resumed from (a step it
+    # finished after that is not in the state that goes on)
+    lost_pids = {e["pid"] for e in nodes.events(lost) if e.get("role") == "worker"}
+    records = []
+    for path in samples.glob("samples-*.txt"):
+        from_lost = int(path.stem.rsplit("-", 1)[1]) in lost_pids
+        for line in path.read_text().splitlines():
+            step, rank, *ids = (int(n) for n in line.split())
+            if not (from_lost and step >= resumed["step"]):
+                records.append((step, rank, ids))
+    assert_same_data(records, steps, recipe=TINY_OWN)
