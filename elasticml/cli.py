@@ -79,12 +79,17 @@ def eval_checkpoint(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout: "
                                           "checkpoint, step, split, metrics.")] = False,
     nproc: Annotated[int, typer.Option(help="Score the split in N processes.")] = 1,
+    trust_code: Annotated[bool, typer.Option(
+        "--trust-code", help="Import the code the checkpoint's recipe names (_target_ modules "
+                             "outside elasticml, torch and torchmetrics), from the folder it "
+                             "was trained from and PYTHONPATH.")] = False,
 ) -> None:
     """Score a checkpoint on a held-out split with the recipe stored inside it."""
-    from elasticml.evaluate import EvalRequest, run_eval
+    from elasticml.evaluate.command import EvalRequest, run_eval
 
     try:
-        code = run_eval(EvalRequest(checkpoint, split, overrides or [], as_json, nproc))
+        code = run_eval(EvalRequest(checkpoint, split, overrides or [], as_json, nproc,
+                                    trust_code))
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
@@ -119,9 +124,13 @@ def recipes_keys(
     from elasticml.recipe.reference import sections
 
     console = Console()
-    for title, keys in sections().items():
-        if section and not title.startswith(section):
-            continue
+    found = sections()
+    titles = [t for t in found if not section or t.split(" ")[0] == section.strip(".")]
+    if not titles:
+        names = ", ".join(dict.fromkeys(t.split(" ")[0] for t in found))
+        raise UserError(f"no recipe section '{section}' (sections: {names})")
+    for title in titles:
+        keys = found[title]
         table = Table("key", "type", "default", "meaning", title=title, title_justify="left")
         for k in keys:
             table.add_row(k.key, k.type, k.default, k.doc)

@@ -62,12 +62,12 @@ def elasticml_run(recipe: str, work: Path, run_id: str, *overrides: str,
 
 
 def baseline_run(recipe: str, work: Path, nproc: int, steps: int, warmup: int,
-                 *overrides: str) -> tuple[float, dict]:
+                 *overrides: str, script: str = "ddp_baseline.py") -> tuple[float, dict]:
     out = work / f"baseline-{time.time_ns()}.json"
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
     started = time.time()
     subprocess.run([TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
-                    str(ROOT / "scripts" / "ddp_baseline.py"), recipe, *overrides,
+                    str(ROOT / "scripts" / script), recipe, *overrides,
                     "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)],
                    check=True, cwd=work, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)

@@ -42,6 +42,10 @@ def compile_request(request: TrainRequest) -> tuple[Recipe, LaunchPlan]:
     path = find_recipe(request.recipe)
     overrides = with_flags(request.overrides, request.flags)
     recipe = load_recipe(path, overrides)
+    from elasticml.tasks.validate import check_components, check_data_files
+
+    check_components(recipe)  # the user's own recipe: its code may be imported here
+    check_data_files(recipe)
     try:
         plan = plan_launch(recipe, path, overrides)
     except ValueError as err:

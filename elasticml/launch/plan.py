@@ -30,13 +30,13 @@ machines can reach needs one in the environment (`ELASTICML_JOB_KEY`) or in a fi
 
 from __future__ import annotations
 
-import os
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elasticml.recipe.checks import parse_nnodes
 from elasticml.recipe.load import training_hash
+from elasticml.recipe.resources import threads_per_worker
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.train.batching import BatchPlan, plans_for_sizes
@@ -197,13 +197,6 @@ def training_length(recipe: Recipe) -> str:
 def _environment(recipe: Recipe) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads_per_worker(recipe)),
             "TORCH_ELASTIC_WORKER_IDENTICAL": "1"}
-
-
-def threads_per_worker(recipe: Recipe) -> int:
-    if recipe.trainer.threads:
-        return recipe.trainer.threads
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // recipe.elastic.nproc_per_node)
 
 
 def _num(value: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from elasticml.components import is_component
 from elasticml.recipe.schema import Recipe
 
 Problem = tuple[str, str]
@@ -43,12 +44,22 @@ def check_recipe(recipe: Recipe) -> list[Problem]:
     problems: list[Problem] = []
     for key, allowed in CHOICES.items():
         section, name = key.rsplit(".", 1)
+        if is_component(_section(recipe, section)):
+            continue
         value = getattr(_section(recipe, section), name)
         if value not in allowed:
             problems.append((key, f"'{value}' is not one of {', '.join(allowed)}"))
     problems += _check_run(recipe) + _check_trainer(recipe) + _check_elastic(recipe)
     problems += _check_task(recipe) + _check_faults(recipe)
     return problems
+
+
+def recipe_path(recipe: Recipe, value: str) -> Path:
+    """A path written in the recipe: relative ones are relative to the recipe's folder."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or not recipe.run.recipe_dir:
+        return path
+    return Path(recipe.run.recipe_dir) / path
 
 
 def _section(recipe: Recipe, dotted: str):
@@ -87,14 +98,22 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
     _positive(problems, "trainer.keep_checkpoints", t.keep_checkpoints)
     _positive(problems, "trainer.log_every", t.log_every)
     _positive(problems, "trainer.threads", t.threads)
-    _positive(problems, "optimizer.lr", recipe.optimizer.lr)
-    _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay, allow_zero=True)
-    _positive(problems, "optimizer.grad_clip", recipe.optimizer.grad_clip)
-    _positive(problems, "schedule.warmup_steps", recipe.schedule.warmup_steps, allow_zero=True)
-    if not 0 <= recipe.schedule.min_lr_ratio <= 1:
-        problems.append(("schedule.min_lr_ratio", "must be between 0 and 1"))
-    if len(recipe.optimizer.betas) != 2:
-        problems.append(("optimizer.betas", "needs two numbers, e.g. [0.9, 0.999]"))
+    if not is_component(recipe.optimizer):
+        _positive(problems, "optimizer.lr", recipe.optimizer.lr)
+        _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay,
+                  allow_zero=True)
+        _positive(problems, "optimizer.grad_clip", recipe.optimizer.grad_clip)
+        if len(recipe.optimizer.betas) != 2:
+            problems.append(("optimizer.betas", "needs two numbers, e.g. [0.9, 0.999]"))
+    if is_component(recipe.schedule):
+        if t.batch_policy == "linear":
+            problems.append(("trainer.batch_policy", "linear scales a named schedule's learning "
+                             "rate; with schedule._target_ use batch_policy fixed"))
+    else:
+        _positive(problems, "schedule.warmup_steps", recipe.schedule.warmup_steps,
+                  allow_zero=True)
+        if not 0 <= recipe.schedule.min_lr_ratio <= 1:
+            problems.append(("schedule.min_lr_ratio", "must be between 0 and 1"))
     return problems
 
 
@@ -130,34 +149,72 @@ def _check_elastic(recipe: Recipe) -> list[Problem]:
 
 def _check_task(recipe: Recipe) -> list[Problem]:
     task, problems = recipe.task, []
+    data = recipe.data
+    _positive(problems, "data.loader.num_workers", data.loader.num_workers, allow_zero=True)
+    _positive(problems, "data.loader.prefetch_factor", data.loader.prefetch_factor)
+    _positive(problems, "data.loader.eval_batch_size", data.loader.eval_batch_size)
+    if task is None:
+        return problems + _check_own_data(recipe)
+    for key in ("loss", "metrics"):
+        if getattr(recipe, key):
+            problems.append((key, f"the bundled task '{task.name}' has its own {key}; name your "
+                                  "datasets under data to bring your own"))
+    if data.collate_fn is not None:
+        problems.append(("data.collate_fn", "only for your own datasets (data.train/val/test)"))
     for key in ("val_fraction", "test_fraction"):
         share = getattr(task, key, None)
         if share is not None and not 0 < share < 1:
             problems.append((f"task.{key}", f"must be between 0 and 1, got {share}"))
     path = getattr(task, "path", None)
-    if path and not Path(path).expanduser().is_file():
-        problems.append(("task.path", f"data file not found: {path}"))
-    if task.name == "custom" and bool(task.path) == bool(task.factory):
-        problems.append(("task.path", "a custom task needs exactly one of task.path and "
-                                      "task.factory"))
-    if recipe.model.name == "custom":
-        _check_code(problems, "model.factory", recipe.model.factory)
-    if task.name == "custom" and task.factory:
-        _check_code(problems, "task.factory", task.factory)
+    if task.name == "custom" and not path:
+        problems.append(("task.path", "a custom task needs a data file (CSV or NPZ)"))
+    if path and not recipe_path(recipe, path).is_file():
+        problems.append(("task.path", f"data file not found: {recipe_path(recipe, path)}"))
     if task.name == "recsys":
         problems += _check_recsys(task)
+    if task.name == "movielens":
+        problems += _check_movielens(task)
     if task.name == "sequence":
         problems += _check_sequence(task)
     return problems
 
 
-def _check_code(problems: list[Problem], key: str, spec: str) -> None:
-    """The user's function can be found (its module is not run here)."""
-    from elasticml.tasks.user_code import problem
+def _check_own_data(recipe: Recipe) -> list[Problem]:
+    """The shape of a recipe with its own datasets; imports are checked by `components`."""
+    data, problems = recipe.data, []
+    named = [key for key in ("train", "val", "test") if getattr(data, key) is not None]
+    if data.splits is not None and named:
+        problems.append(("data.splits", f"name the datasets either with data.splits or with "
+                                        f"data.train/val/test, not both (also: {named[0]})"))
+    elif data.splits is None and len(named) < 3:
+        missing = [key for key in ("train", "val", "test") if key not in named]
+        problems.append((f"data.{missing[0]}", "your own data needs train, val and test "
+                                               "datasets (or one data.splits factory)"))
+    for key in ("train", "val", "test", "splits", "collate_fn"):
+        value = getattr(data, key)
+        if value is not None and not is_component(value):
+            problems.append((f"data.{key}", "needs a _target_ (e.g. {_target_: mydata.Set})"))
+    if recipe.loss is not None and not is_component(recipe.loss):
+        problems.append(("loss", "needs a _target_ (e.g. {_target_: torch.nn.CrossEntropyLoss})"))
+    for name, metric in recipe.metrics.items():
+        if not is_component(metric):
+            problems.append((f"metrics.{name}", "needs a _target_ (e.g. {_target_: "
+                                                "torchmetrics.classification.MulticlassAccuracy"
+                                                ", num_classes: 10})"))
+    best = recipe.trainer.best_metric
+    if best and best != "loss" and best not in recipe.metrics:
+        problems.append(("trainer.best_metric", f"'{best}' is not loss or one of metrics "
+                                                f"({', '.join(recipe.metrics) or 'none'})"))
+    return problems
 
-    reason = problem(spec)
-    if reason:
-        problems.append((key, reason))
+
+def _check_movielens(task) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in ("negatives", "top_k"):
+        _positive(problems, f"task.{key}", getattr(task, key))
+    if task.loss not in ("softmax", "bpr"):
+        problems.append(("task.loss", f"'{task.loss}' is not one of softmax, bpr"))
+    return problems
 
 
 def _check_recsys(task) -> list[Problem]:

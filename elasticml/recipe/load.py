@@ -18,9 +18,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from elasticml.components import is_component
 from elasticml.errors import UserError
 from elasticml.recipe.checks import check_recipe
-from elasticml.recipe.schema import MODELS, TASKS, Recipe
+from elasticml.recipe.schema import MODELS, TASKS, OptimizerConfig, Recipe, ScheduleConfig
 
 BUNDLED = Path(__file__).resolve().parent.parent / "bundled_recipes"
 SOURCE_TREE = Path(__file__).resolve().parents[2] / "recipes"
@@ -40,7 +41,7 @@ def find_recipe(name_or_path: str) -> Path:
         raise UserError(f"{name_or_path} is a directory; give a recipe .yaml file")
     stem = path.name.removesuffix(".yaml")
     inside = Path(*path.parts[1:]) if path.parts and path.parts[0] == "recipes" else path
-    if not path.is_absolute():  # `digits`, `custom/spirals`, `recipes/custom/spirals.yaml`
+    if not path.is_absolute():  # `digits`, `byo/spirals`, `recipes/byo/spirals.yaml`
         for root in recipe_dirs():
             for candidate in (root / inside.parent / f"{stem}.yaml",
                               *root.glob(f"**/{stem}.yaml")):
@@ -61,7 +62,7 @@ def load_recipe(
         raw, path, text = OmegaConf.create(source), None, None
     else:
         path = find_recipe(str(source))
-        text = path.read_text()
+        text = _read_text(path)
         raw, path = _parse_yaml(text, path), path
     given = {item.partition("=")[0].strip() for item in overrides or []}
     given |= {key for key, value in (flags or {}).items() if value is not None}
@@ -72,6 +73,8 @@ def load_recipe(
         recipe = OmegaConf.to_object(config)
     except OmegaConfBaseException as err:
         raise UserError(_explain(err, path if not _given(err, given) else None, text)) from None
+    if path is not None:
+        recipe.run.recipe_dir = str(path.resolve().parent)
     problems = check_recipe(recipe)
     if problems:
         key, message = problems[0]
@@ -108,7 +111,8 @@ RecipeLoader.add_implicit_resolver(
 )
 
 
-TRAINING_SECTIONS = ("task", "model", "optimizer", "schedule", "trainer")
+TRAINING_SECTIONS = ("task", "data", "model", "loss", "metrics", "optimizer", "schedule",
+                     "trainer")
 VOLATILE_TRAINER_KEYS = ("max_steps", "epochs", "eval_every", "checkpoint_every",
                          "keep_checkpoints", "async_checkpoint", "log_every", "threads",
                          "micro_batch_size")
@@ -126,13 +130,14 @@ def training_hash(recipe: Recipe) -> str:
     """Fingerprint of what decides the maths; nodes that disagree on it must not train together
     and a checkpoint trained under another one is not resumed.
 
-    In: the sections task, model, optimizer, schedule and trainer (without
-    `VOLATILE_TRAINER_KEYS`), `run.seed`, and the bytes of every file the recipe names
-    (`task.path`, and the file behind `task.factory` / `model.factory`: a `file.py`, or the
-    source file of a `module`, not what it imports). A file over `WHOLE_FILE_LIMIT` (64 MiB)
-    is fingerprinted by its size and three 1 MiB samples (start, middle, end) instead of
-    being read whole, which catches appends, truncations and rewritten headers but not every
-    edit in between. Out: `run` (but the seed), `elastic`, `faults`.
+    In: the sections task, data (but `data.loader`), model, loss, metrics, optimizer, schedule
+    and trainer (without `VOLATILE_TRAINER_KEYS`), `run.seed`, and the bytes of the files the
+    recipe names: `task.path`, and the source file of every component of the user's own
+    (`mynet.Net` -> mynet.py; not what it imports, nor the data a Dataset reads from a folder).
+    A file over `WHOLE_FILE_LIMIT` (64 MiB) is fingerprinted by its size and three 1 MiB
+    samples (start, middle, end) instead of being read whole, which catches appends,
+    truncations and rewritten headers but not every edit in between. Out: `run` (but the
+    seed), `elastic`, `faults`.
     """
     data = recipe_to_dict(recipe)
     relevant = {k: data[k] for k in TRAINING_SECTIONS}
@@ -140,37 +145,59 @@ def training_hash(recipe: Recipe) -> str:
     for volatile in VOLATILE_TRAINER_KEYS:
         relevant["trainer"].pop(volatile, None)
     relevant["files"] = {key: _file_fingerprint(path) for key, path in _named_files(recipe)}
+    relevant["data"].pop("loader", None)  # how samples are read, not which
     blob = json.dumps(relevant, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _named_files(recipe: Recipe) -> list[tuple[str, Path | None]]:
+    """The data file of a bundled task (`task.path`) and the source file of every component
+    whose code is the user's own (not elasticml's, torch's or torchmetrics')."""
+    from elasticml.recipe.checks import recipe_path
+
     found = []
     if getattr(recipe.task, "path", None):
-        found.append(("task.path", Path(recipe.task.path).expanduser()))
-    for key, spec in (("task.factory", getattr(recipe.task, "factory", None)),
-                      ("model.factory", getattr(recipe.model, "factory", None))):
-        if spec:
-            found.append((key, _code_file(spec)))
+        found.append(("task.path", recipe_path(recipe, recipe.task.path)))
+    data = recipe_to_dict(recipe)
+    for key, target in _user_targets({k: data.get(k) for k in TRAINING_SECTIONS}, ""):
+        found.append((key, _code_file(target, recipe.run.recipe_dir)))
     return found
 
 
-def _code_file(spec: str) -> Path | None:
-    """The file that defines `module:function` or `file.py:function`, without running it
-    (a dotted module's parent packages are imported to find it, as `python -m` would). The
-    recipe checks have put the current directory on `sys.path` already, as a worker's
-    `python -m` has it, so the launcher and its workers find the same file."""
-    module = spec.partition(":")[0]
-    if module.endswith(".py"):
-        return Path(module).expanduser()
+def _user_targets(node, key: str):
+    from elasticml.components import TRUSTED_CLASSES, is_component, target_of
+
+    if is_component(node):
+        target = target_of(node)
+        if target.split(".")[0] not in (*TRUSTED_CLASSES, "elasticml"):
+            yield key or "recipe", target
+    if isinstance(node, dict):
+        for name, value in node.items():
+            yield from _user_targets(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _user_targets(value, f"{key}[{index}]")
+
+
+def _code_file(dotted: str, folder: str | None) -> Path | None:
+    """The source file of the module that defines `dotted` (`mynet.Net` -> mynet.py), found
+    from the recipe's folder and `sys.path` as the workers find it (a dotted name's parent
+    packages are imported to look inside them, as importing the component would)."""
     import importlib.util
 
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    origin = getattr(found, "origin", None)
-    return Path(origin) if origin and Path(origin).is_file() else None
+    from elasticml.components import Code
+
+    parts = dotted.split(".")
+    with Code(folder).search_path():
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                found = importlib.util.find_spec(".".join(parts[:cut]))
+            except (ImportError, ValueError):
+                continue
+            origin = getattr(found, "origin", None)
+            if origin and Path(origin).is_file():
+                return Path(origin)
+    return None
 
 
 def _file_fingerprint(path: Path | None) -> str:
@@ -191,6 +218,16 @@ def _file_fingerprint(path: Path | None) -> str:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}); a recipe is YAML "
+                        "text") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def _parse_yaml(text: str, path: Path) -> DictConfig:
@@ -244,17 +281,38 @@ def _put(nested: dict, dotted: str, value: Any) -> None:
     nested[last] = value
 
 
+DATA_KEYS = ("train", "val", "test", "splits")
+
+
 def _schema_for(merged: DictConfig) -> Recipe:
-    """The schema object whose `task` / `model` variants match the names the user chose."""
-    task_name = OmegaConf.select(merged, "task.name", default="digits")
-    model_name = OmegaConf.select(merged, "model.name", default="cnn")
-    if task_name not in TASKS:
-        raise UserError(f"task.name: unknown task '{task_name}' (choose from {', '.join(TASKS)})")
-    if model_name not in MODELS:
-        raise UserError(
-            f"model.name: unknown model '{model_name}' (choose from {', '.join(MODELS)})"
-        )
-    return Recipe(task=TASKS[task_name](), model=MODELS[model_name]())
+    """The schema object whose sections match what the user chose: the `task` / `model`
+    variants by name, free-form mappings for components (`_target_`), no `task` when the
+    recipe names its own datasets under `data`."""
+    own = any(OmegaConf.select(merged, f"data.{key}", default=None) is not None
+              for key in DATA_KEYS)
+    if own and merged.get("task") is not None:
+        raise UserError("task: a recipe names its data either with task (a bundled task) or "
+                        "with data.train/val/test (your own datasets), not both")
+    task = None
+    if not own:
+        task_name = OmegaConf.select(merged, "task.name", default="digits")
+        if task_name not in TASKS:
+            raise UserError(f"task.name: unknown task '{task_name}' (choose from "
+                            f"{', '.join(TASKS)}, or name your own datasets under data)")
+        task = TASKS[task_name]()
+    model = {}
+    if not is_component(merged.get("model")):
+        model_name = OmegaConf.select(merged, "model.name", default="cnn")
+        if own:
+            raise UserError("model: with your own data, name your model as "
+                            "{_target_: module.Class, ...}")
+        if model_name not in MODELS:
+            raise UserError(f"model.name: unknown model '{model_name}' (choose from "
+                            f"{', '.join(MODELS)}, or name your own as {{_target_: ...}})")
+        model = MODELS[model_name]()
+    optimizer = {} if is_component(merged.get("optimizer")) else OptimizerConfig()
+    schedule = {} if is_component(merged.get("schedule")) else ScheduleConfig()
+    return Recipe(task=task, model=model, optimizer=optimizer, schedule=schedule)
 
 
 def _given(err: OmegaConfBaseException, given: set[str]) -> bool:

@@ -57,9 +57,15 @@ def keys_of(cls: type, prefix: str) -> list[Key]:
     return found
 
 
+COMPONENTS = ("model", "loss", "metrics", "optimizer", "schedule")
+"""Sections that may be `_target_` components (listed once more under `components`)."""
+
+
 def sections() -> dict[str, list[Key]]:
     """Every section with its keys; `task` and `model` once per variant."""
     result: dict[str, list[Key]] = {}
+    docs = _field_docs(schema.Recipe)
+    components = [Key(name, "component", "", docs.get(name, "")) for name in COMPONENTS]
     for field in dataclasses.fields(schema.Recipe):
         if field.name == "task":
             for name, cls in schema.TASKS.items():
@@ -67,8 +73,11 @@ def sections() -> dict[str, list[Key]]:
         elif field.name == "model":
             for name, cls in schema.MODELS.items():
                 result[f"model (name: {name})"] = keys_of(cls, "model")
+        elif field.name in ("loss", "metrics"):
+            continue
         else:
             result[field.name] = keys_of(type(field.default_factory()), field.name)
+    result["components (_target_)"] = components
     return result
 
 

@@ -4,6 +4,12 @@ A recipe is YAML on disk and these dataclasses in code (OmegaConf structured con
 `task` and `model` sections change shape with their `name`: each name has its own dataclass,
 registered in `TASKS` / `MODELS`, so a key that belongs to another task is still an error.
 
+Your own code comes in as components: a section (or a value inside `data`, `loss`,
+`metrics`) with a `_target_` key is a free-form mapping for `elasticml.components`, not a
+dataclass. A recipe names its data either with `task` (a bundled task) or with `data.train`
+/ `data.val` / `data.test` (or `data.splits`); `model`, `optimizer` and `schedule` may be
+components with either.
+
 This module imports nothing heavy: `elasticml --help` and `train --dry-run` load recipes
 without importing torch.
 """
@@ -27,6 +33,9 @@ class RunConfig:
     """Seed for data split, initialisation, data order and sampling."""
     description: str = ""
     """One line shown by `elasticml recipes`."""
+    recipe_dir: str | None = None
+    """Set by elasticml to the recipe file's folder: `_target_` modules are imported from it
+    (and `PYTHONPATH`), and relative paths in the recipe resolve against it."""
 
 
 # --- tasks -------------------------------------------------------------------------------
@@ -88,18 +97,35 @@ class SequenceTask:
 
 
 @dataclass
+class MovieLensTask:
+    """MovieLens-100k ratings as implicit feedback (943 users, 1682 items, 100,000 ratings).
+
+    The file ships inside the `recbole` wheel (`pip install --no-deps recbole`); elasticml
+    reads it from there and never copies it. Per user, the last item rated (by time) is the
+    test item and the one before it the validation item; the rest is training data."""
+
+    name: str = "movielens"
+    path: str | None = None
+    """An `ml-100k.inter` file (tab-separated user, item, rating, timestamp); default: the
+    one inside the installed recbole package."""
+    min_rating: float = 0.0
+    """Ratings below this are left out (0 keeps every rating as an interaction)."""
+    negatives: int = 16
+    """Sampled negative items per training interaction (fixed per interaction and seed)."""
+    loss: str = "softmax"
+    """softmax (sampled softmax over the positive and its negatives) | bpr"""
+    top_k: int = 10
+    """k of recall@k, NDCG@k and hit rate@k."""
+
+
+@dataclass
 class CustomTask:
-    """Your own data: a factory `module:function`, or a CSV / NPZ file of features and labels."""
+    """Your own table: a CSV or NPZ file of features and labels (classification)."""
 
     name: str = "custom"
-    factory: str | None = None
-    """`module:function` or `path/to/file.py:function` returning `(x, y)` or a dict with
-    `train`, `val`, `test` splits, each `(x, y)` (see docs/workloads.md)."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments passed to the factory."""
-    path: str | None = None
+    path: str = ""
     """CSV (last column = label unless `label` is set) or NPZ (arrays `x` and `y`), relative
-    to the directory elasticml runs in."""
+    to the recipe's folder."""
     label: str | None = None
     """Name of the label column in a CSV file."""
     val_fraction: float = 0.15
@@ -109,6 +135,7 @@ class CustomTask:
 TASKS: dict[str, type] = {
     "digits": DigitsTask,
     "recsys": RecsysTask,
+    "movielens": MovieLensTask,
     "sequence": SequenceTask,
     "custom": CustomTask,
 }
@@ -147,23 +174,56 @@ class TransformerModel:
     ff_mult: int = 4
 
 
-@dataclass
-class CustomModel:
-    name: str = "custom"
-    factory: str = ""
-    """`module:function` or `file.py:function`, called as `function(info, **options)` with
-    `info = {"task", "features", "classes"}`; returns a `torch.nn.Module`."""
-    options: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments passed to the factory."""
-
-
 MODELS: dict[str, type] = {
     "mlp": MLPModel,
     "cnn": CNNModel,
     "mf": MatrixFactorizationModel,
     "transformer": TransformerModel,
-    "custom": CustomModel,
 }
+
+
+# --- your own data -----------------------------------------------------------------------
+
+
+@dataclass
+class LoaderConfig:
+    """How `torch.utils.data.DataLoader` reads the datasets (training and evaluation)."""
+
+    num_workers: int = 0
+    """Loader worker processes per training process (0: read in the training process)."""
+    pin_memory: bool = False
+    """Page-locked host memory for faster copies to a GPU (ignored on CPU)."""
+    persistent_workers: bool = False
+    """Keep loader workers alive between epochs (with num_workers > 0)."""
+    prefetch_factor: int | None = None
+    """Batches each loader worker reads ahead (torch's default: 2)."""
+    eval_batch_size: int = 256
+    """Samples per batch when a split is evaluated."""
+
+
+@dataclass
+class DataConfig:
+    """Your own datasets as components (see docs/bring-your-own.md). Each is a map-style
+    `torch.utils.data.Dataset`: `__len__` and `__getitem__`, returning `(input, target)` pairs
+    or dicts."""
+
+    train: Any = None
+    """`{_target_: ...}` building the training Dataset."""
+    val: Any = None
+    """`{_target_: ...}` building the validation Dataset."""
+    test: Any = None
+    """`{_target_: ...}` building the test Dataset."""
+    splits: Any = None
+    """Instead of train/val/test: one `{_target_: ...}` returning all three (a dict with
+    those keys, or a 3-tuple in that order)."""
+    collate_fn: Any = None
+    """`{_target_: mymodule.collate, _partial_: true}` (the function itself, not its result);
+    default: torch's `default_collate`."""
+    target_key: str = "target"
+    """For dict samples: the entry holding the target; the other entries are the model's
+    keyword arguments."""
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+
 
 
 # --- optimisation ------------------------------------------------------------------------
@@ -312,9 +372,20 @@ class FaultsConfig:
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     task: Any = field(default_factory=DigitsTask)
+    """A bundled task; None when the recipe names its own datasets under `data`."""
+    data: DataConfig = field(default_factory=DataConfig)
     model: Any = field(default_factory=CNNModel)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """A bundled model by `name`, or your own as `{_target_: ...}`."""
+    loss: Any = None
+    """With your own data: `{_target_: ...}` called as `loss(outputs, target)`; None: the
+    model returns its own loss (`outputs.loss` or `outputs["loss"]`)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """With your own data: name -> `{_target_: ...}` torchmetrics objects, updated with
+    `(outputs, target)` on val and test."""
+    optimizer: Any = field(default_factory=OptimizerConfig)
+    """A named optimizer, or `{_target_: ..., _partial_: true}` built with the parameters."""
+    schedule: Any = field(default_factory=ScheduleConfig)
+    """A named schedule, or `{_target_: ..., _partial_: true}` built with the optimizer."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     elastic: ElasticConfig = field(default_factory=ElasticConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
@@ -322,3 +393,8 @@ class Recipe:
     @property
     def run_id(self) -> str:
         return self.run.id or self.run.name
+
+    @property
+    def own_data(self) -> bool:
+        """The recipe names its own datasets (`data`) rather than a bundled `task`."""
+        return self.task is None

@@ -238,10 +238,15 @@ def _recipe(run: RunDir, events: list) -> dict:
         return node
 
     launch = next((e for e in events if e["kind"] == "launch"), {})
+    def named(section: str, *inner: str):
+        """A section's `name`, or its component's `_target_` (your own model, data...)."""
+        return get(section, *inner, "name") or get(section, *inner, "_target_") or \
+            get(section, *inner, "_component_")
+
     summary = {
-        "name": get("run", "name"), "task": get("task", "name"), "model": get("model", "name"),
-        "optimizer": get("optimizer", "name"), "lr": get("optimizer", "lr"),
-        "schedule": get("schedule", "name"), "max_steps": get("trainer", "max_steps"),
+        "name": get("run", "name"), "task": named("task") or named("data", "train"),
+        "model": named("model"), "optimizer": named("optimizer"), "lr": get("optimizer", "lr"),
+        "schedule": named("schedule"), "max_steps": get("trainer", "max_steps"),
         "global_batch_size": get("trainer", "global_batch_size"),
         "nnodes": launch.get("nnodes") or get("elastic", "nnodes"),
         "nproc_per_node": get("elastic", "nproc_per_node") or launch.get("nproc_per_node"),

@@ -1,53 +1,24 @@
-"""What a task gives the trainer: data splits, a model, a per-sample loss and its metrics.
+"""What a task gives the trainer: datasets, a model, a loss and its metrics.
 
-The trainer owns the loop; a task owns everything that depends on the data. Data lives in
-memory as tensors (`Split`), indexed by global sample ids, so the elastic sampler can hand any
-rank any slice of the global order without a DataLoader.
+The trainer owns the loop and the data path; a task owns everything that depends on the data.
+Every task's splits are map-style `torch.utils.data.Dataset`s that the trainer reads through
+one `DataLoader` with the elastic batch sampler (`elasticml.data`): the bundled tasks hold
+their data in memory (`TensorSplit`), a recipe's own datasets come from `_target_` components
+(`tasks/own.py`). Neither is a separate path.
 
-Evaluation is sharded the same way: each process scores its `Shard` of a split and the task's
-torchmetrics objects combine their states across processes on `compute`, so the numbers do not
-depend on how many processes took part.
+Evaluation is sharded: each process scores its `Shard` of a split and the task's torchmetrics
+objects combine their states across processes on `compute`, so the numbers do not depend on
+how many processes took part.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-
-
-@dataclass
-class Split:
-    """Equal-length tensors of one split; `take(ids)` returns a batch with the ids as `index`."""
-
-    tensors: dict[str, torch.Tensor]
-
-    def __len__(self) -> int:
-        return len(next(iter(self.tensors.values())))
-
-    def take(self, ids: torch.Tensor,
-             device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        batch = {name: tensor[ids] for name, tensor in self.tensors.items()}
-        batch["index"] = ids
-        if str(device) != "cpu":
-            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
-        return batch
-
-    def subset(self, limit: int, seed: int) -> Split:
-        """At most `limit` rows, a fixed random choice: a cheap, stable view of a large split."""
-        if len(self) <= limit:
-            return self
-        rows = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:limit]
-        rows = rows.sort().values
-        return Split({name: tensor[rows] for name, tensor in self.tensors.items()})
-
-    def batches(self, size: int, device: torch.device | str = "cpu",
-                ids: torch.Tensor | None = None):
-        """Consecutive batches of `ids` (default: the whole split, in order)."""
-        ids = torch.arange(len(self)) if ids is None else ids
-        for start in range(0, len(ids), size):
-            yield self.take(ids[start:start + size], device)
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -73,16 +44,18 @@ class Task(Protocol):
     main_metric: str
     """Validation metric that picks the best checkpoint unless the recipe names another."""
     higher_is_better: bool
+    collate_fn: Callable | None
+    """The DataLoader's collate function; None: the dataset's own `collate`, else torch's."""
 
-    def splits(self) -> dict[str, Split]:
+    def splits(self) -> dict[str, Dataset]:
         """`train`, `val` and `test`, identical on every rank (a function of the seed)."""
 
     def build_model(self) -> torch.nn.Module: ...
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-sample losses, shape [batch]; the trainer normalises by the global batch."""
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        """Per-sample losses [batch] (exact fixed-global-batch math), or the batch mean."""
 
-    def evaluate(self, model: torch.nn.Module, split: Split, device: torch.device,
+    def evaluate(self, model: torch.nn.Module, split: Dataset, device: torch.device,
                  shard: Shard = Shard()) -> dict:
         """Metrics of one split over all shards: plain floats, plus optional lists
         (per-class values, matrices). Every process of a sharded evaluation calls it."""

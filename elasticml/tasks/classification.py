@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from elasticml.tasks.base import Shard, Split
+from elasticml.data.tensors import TensorSplit
+from elasticml.tasks.base import Shard
 from elasticml.tasks.models import Reshape, cnn, image_shape, mlp
 
 SPLITS = ("train", "val", "test")
@@ -34,6 +35,7 @@ def partition(x: torch.Tensor, y: torch.Tensor, val_fraction: float, test_fracti
 class ClassificationTask:
     main_metric = "accuracy"
     higher_is_better = True
+    collate_fn = None
 
     def __init__(self, name: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  classes: int, recipe) -> None:
@@ -42,16 +44,12 @@ class ClassificationTask:
         self.features = train_x[0].numel()
         mean, std = train_x.mean(0), train_x.std(0).nan_to_num(1.0).clamp_min(1e-6)
         self._splits = {
-            split: Split({"x": ((x.float() - mean) / std).contiguous(),
+            split: TensorSplit({"x": ((x.float() - mean) / std).contiguous(),
                           "y": y.long().contiguous()})
             for split, (x, y) in data.items()}
 
-    def splits(self) -> dict[str, Split]:
+    def splits(self) -> dict[str, TensorSplit]:
         return self._splits
-
-    def info(self) -> dict:
-        """What a user's model factory needs to know to build a fitting model."""
-        return {"task": self.name, "features": self.features, "classes": self.classes}
 
     def build_model(self) -> nn.Module:
         config = self.recipe.model
@@ -60,18 +58,14 @@ class ClassificationTask:
         if config.name == "cnn":
             shape = image_shape(self.features)
             return nn.Sequential(Reshape(*shape), cnn(config, shape, self.classes))
-        if config.name == "custom":
-            from elasticml.tasks.user_code import model_from_factory
-
-            return model_from_factory(config, self.info())
         raise ValueError(f"model.name: '{config.name}' does not fit a classification task "
-                         "(use mlp, cnn or custom)")
+                         "(use mlp or cnn, or your own model as {_target_: ...})")
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction="none")
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Split, device: torch.device,
+    def evaluate(self, model: nn.Module, split: TensorSplit, device: torch.device,
                  shard: Shard = Shard()) -> dict:
         from torchmetrics import MeanMetric
         from torchmetrics.classification import (

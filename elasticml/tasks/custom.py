@@ -1,20 +1,12 @@
-"""Bring your own data and model: classification over a user's table or a user's factory.
+"""Your own table: classification over a CSV or NPZ file (`task.name: custom`).
 
-Data (`task.name: custom`), exactly one of:
-* `task.path`: a CSV file (a header row is optional; the label is the last column, or the
-  column named by `task.label`) or an NPZ file with arrays `x` [N, features...] and `y` [N].
-  It is cut into train/val/test by `val_fraction` / `test_fraction` and the seed.
-* `task.factory: module:function` (or `file.py:function`), called as `function(**options)`,
-  returning `(x, y)` (cut as above) or `{"train": (x, y), "val": (x, y), "test": (x, y)}`.
-  Arrays may be NumPy arrays, tensors or nested lists.
+`task.path` (relative to the recipe's folder) is a CSV file (a header row is optional; the
+label is the last column, or the column named by `task.label`) or an NPZ file with arrays `x`
+[N, features...] and `y` [N]. It is cut into train/val/test by `val_fraction` /
+`test_fraction` and the seed. Labels may be numbers or strings; the sorted distinct labels
+become classes 0..C-1 (the order of per-class metrics and of the confusion matrix).
 
-Labels may be numbers or strings; the sorted distinct labels become classes 0..C-1 (the order
-of per-class metrics and of the confusion matrix).
-
-Model (`model.name: custom`): `model.factory` is called as `function(info, **model.options)`
-where `info = {"task", "features", "classes"}`, and returns a `torch.nn.Module` that maps a
-batch of feature rows [B, features] to logits [B, classes]. Any task that builds models from
-the recipe can use it; the built-in `mlp` fits a custom table as well.
+Your own Dataset classes, model and loss are components instead (`tasks/own.py`).
 """
 
 from __future__ import annotations
@@ -26,19 +18,14 @@ import numpy as np
 import torch
 
 from elasticml.errors import UserError
+from elasticml.recipe.checks import recipe_path
 from elasticml.tasks.classification import SPLITS, ClassificationTask, split_indices
-from elasticml.tasks.user_code import load
 
 
 def build(recipe) -> ClassificationTask:
     config = recipe.task
-    if config.factory:
-        made = load(config.factory, "task.factory")(**config.options)
-        tables = _factory_splits(made, config.factory)
-    else:
-        tables = read_table(Path(config.path).expanduser(), config.label)
-    if not isinstance(tables, dict):
-        tables = _cut(*tables, config, recipe.run.seed)
+    tables = _cut(*read_table(recipe_path(recipe, config.path), config.label), config,
+                  recipe.run.seed)
     labels, classes = encode_labels([tables[s][1] for s in SPLITS])
     data = {s: (tables[s][0], y) for s, y in zip(SPLITS, labels, strict=True)}
     return ClassificationTask("custom", data, classes, recipe)
@@ -70,16 +57,6 @@ def _cut(x, y, config, seed: int) -> dict:
     return {s: (x[rows], y[rows.numpy()]) for s, rows in zip(SPLITS, parts, strict=True)}
 
 
-def _factory_splits(made, spec: str):
-    if isinstance(made, tuple | list) and len(made) == 2:
-        return made
-    if isinstance(made, dict) and set(SPLITS) <= made.keys():
-        return {s: (_features(made[s][0], f"task.factory {s}"), np.asarray(made[s][1]))
-                for s in SPLITS}
-    raise UserError(f"task.factory: {spec} must return (x, y) or a dict with train, val and "
-                    "test, each (x, y)")
-
-
 def _features(x, where: str) -> torch.Tensor:
     try:
         tensor = torch.as_tensor(np.asarray(x, dtype=np.float32))
@@ -104,8 +81,11 @@ def _read_npz(path: Path):
 
 
 def _read_csv(path: Path, label: str | None):
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle) if row]
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle) if row]
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
     if not rows:
         raise UserError(f"{path}: the file is empty")
     header = None if all(_is_number(cell) for cell in rows[0]) else rows[0]

@@ -52,6 +52,20 @@ def image_shape(features: int) -> tuple[int, int, int]:
     return 1, side, side
 
 
+class ImageCNN(nn.Module):
+    """`cnn` as a component: images [B, channels, size, size] -> logits [B, classes]."""
+
+    def __init__(self, classes: int, in_channels: int = 1, size: int = 28,
+                 channels: tuple[int, ...] = (32, 64), hidden: int = 128,
+                 dropout: float = 0.0) -> None:
+        super().__init__()
+        config = CNNModel(channels=list(channels), hidden=hidden, dropout=dropout)
+        self.net = cnn(config, (in_channels, size, size), classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
 class Reshape(nn.Module):
     def __init__(self, *shape: int) -> None:
         super().__init__()

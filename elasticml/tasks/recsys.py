@@ -1,6 +1,7 @@
 """Recommendation from implicit feedback: matrix factorisation trained with sampled negatives.
 
-Data: `recsys_data.generate` (planted taste groups + popularity, leave-out split per user).
+Data: `recsys_data.generate` (planted taste groups + popularity, leave-out split per user) or
+real ratings (`tasks/movielens.py`), both as `Interactions`.
 Training samples are (user, item) interactions; the loss scores the item against its fixed
 sampled negatives, either as a sampled softmax (cross-entropy with the positive first) or as
 BPR (mean `-log sigmoid(positive - negative)`).
@@ -21,40 +22,43 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from elasticml.tasks.base import Shard, Split
+from elasticml.data.tensors import TensorSplit
+from elasticml.tasks.base import Shard
 from elasticml.tasks.models import MatrixFactorization
-from elasticml.tasks.recsys_data import generate, sample_negatives
+from elasticml.tasks.recsys_data import Interactions, generate, sample_negatives
 
 USERS_PER_BATCH = 512
 
 
 class RecsysTask:
     higher_is_better = True
+    collate_fn = None
 
-    def __init__(self, recipe) -> None:
+    def __init__(self, recipe, data: Interactions) -> None:
         self.recipe, self.config = recipe, recipe.task
-        self.name = "recsys"
+        self.name = recipe.task.name
         self.main_metric = f"ndcg@{self.config.top_k}"
-        data = generate(self.config, recipe.run.seed)
         self.owned = data.owned
-        users = torch.arange(self.config.users)
+        self.users, self.items = data.owned.shape
+        users = torch.arange(self.users)
         self._splits = {
-            "train": Split({"user": data.train_users, "item": data.train_items,
-                            "negatives": sample_negatives(data, self.config.negatives,
-                                                          recipe.run.seed)}),
-            "val": Split({"user": users, "item": data.val_items}),
-            "test": Split({"user": users, "item": data.test_items}),
+            "train": TensorSplit({"user": data.train_users, "item": data.train_items,
+                                  "negatives": sample_negatives(data, self.config.negatives,
+                                                                recipe.run.seed)}),
+            "val": TensorSplit({"user": users, "item": data.val_items}),
+            "test": TensorSplit({"user": users, "item": data.test_items}),
         }
-        self.popularity = torch.bincount(data.train_items, minlength=self.config.items).float()
+        self.popularity = torch.bincount(data.train_items, minlength=self.items).float()
 
-    def splits(self) -> dict[str, Split]:
+    def splits(self) -> dict[str, TensorSplit]:
         return self._splits
 
     def build_model(self) -> nn.Module:
         model = self.recipe.model
         if model.name != "mf":
-            raise ValueError(f"model.name: '{model.name}' does not fit the recsys task (use mf)")
-        return MatrixFactorization(self.config.users, self.config.items, model.dim)
+            raise ValueError(f"model.name: '{model.name}' does not fit the {self.name} task "
+                             "(use mf)")
+        return MatrixFactorization(self.users, self.items, model.dim)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         candidates = torch.cat([batch["item"][:, None], batch["negatives"]], dim=1)
@@ -65,7 +69,7 @@ class RecsysTask:
                                                    device=scores.device), reduction="none")
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Split, device: torch.device,
+    def evaluate(self, model: nn.Module, split: TensorSplit, device: torch.device,
                  shard: Shard = Shard()) -> dict:
         from elasticml.tasks.metrics import prepare, results
 
@@ -114,4 +118,4 @@ def _top_k_and_positives(scores: torch.Tensor, target: torch.Tensor, hidden: tor
 
 
 def build(recipe) -> RecsysTask:
-    return RecsysTask(recipe)
+    return RecsysTask(recipe, generate(recipe.task, recipe.run.seed))

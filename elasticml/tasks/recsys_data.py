@@ -35,8 +35,9 @@ class Interactions:
     """One held-out item per user (user id = position)."""
     test_items: torch.Tensor
     owned: torch.Tensor
-    user_cluster: torch.Tensor
-    item_cluster: torch.Tensor
+    user_cluster: torch.Tensor | None = None
+    """Planted taste groups (generated data only)."""
+    item_cluster: torch.Tensor | None = None
 
 
 def generate(config: RecsysTask, seed: int) -> Interactions:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from elasticml.tasks.base import Shard, Split
+from elasticml.data.tensors import TensorSplit
+from elasticml.tasks.base import Shard
 from elasticml.tasks.classification import split_indices
 from elasticml.tasks.models import CausalTransformer
 
@@ -41,16 +42,17 @@ class SequenceTask:
     name = "sequence"
     main_metric = "accuracy"
     higher_is_better = True
+    collate_fn = None
 
     def __init__(self, recipe) -> None:
         self.recipe, self.config = recipe, recipe.task
         tokens, ruled = generate(self.config, recipe.run.seed)
         parts = split_indices(len(tokens), self.config.val_fraction, self.config.test_fraction,
                               recipe.run.seed)
-        self._splits = {name: Split({"tokens": tokens[ids], "ruled": ruled[ids]})
+        self._splits = {name: TensorSplit({"tokens": tokens[ids], "ruled": ruled[ids]})
                         for name, ids in zip(("train", "val", "test"), parts, strict=True)}
 
-    def splits(self) -> dict[str, Split]:
+    def splits(self) -> dict[str, TensorSplit]:
         return self._splits
 
     def build_model(self) -> nn.Module:
@@ -71,7 +73,7 @@ class SequenceTask:
         return losses.mean(1)
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Split, device: torch.device,
+    def evaluate(self, model: nn.Module, split: TensorSplit, device: torch.device,
                  shard: Shard = Shard()) -> dict:
         from torchmetrics import MeanMetric
         from torchmetrics.classification import MulticlassAccuracy

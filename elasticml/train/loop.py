@@ -30,11 +30,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from elasticml.data.loader import TrainBatches, subset
+from elasticml.data.sampler import ElasticSampler, rank_share
 from elasticml.errors import UserError
 from elasticml.jobkey import read_job_key
-from elasticml.launch.plan import threads_per_worker
 from elasticml.recipe.checks import parse_nnodes
 from elasticml.recipe.load import HASH_SCHEME, recipe_to_dict, recipe_to_yaml, training_hash
+from elasticml.recipe.resources import threads_per_worker
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
 from elasticml.tasks import build_task
@@ -43,12 +45,13 @@ from elasticml.telemetry.events import EventLog
 from elasticml.train.batching import Horizon, plan_batches
 from elasticml.train.checkpoint import CheckpointManager, stop_grace_s, write_atomically
 from elasticml.train.faults import FaultInjector
+from elasticml.train.losses import loss_sum
 from elasticml.train.optim import LearningRate, build_optimizer
+from elasticml.train.parts import grad_clip, own_optimizer, own_scheduler
 from elasticml.train.progress import Progress, last_progress
 from elasticml.train.randomness import seed_step
 from elasticml.train.recovery import NOTHING, agree_on_best, agree_on_state, is_better
 from elasticml.train.sample_log import SampleLog
-from elasticml.train.sampler import ElasticSampler
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 TRAIN_REPORT_ROWS = 4096
@@ -107,9 +110,13 @@ class Trainer:
         self.plan = plan_batches(trainer, self.world_size, min_world)
         self.sampler = ElasticSampler(len(self.splits["train"]), recipe.run.seed)
         self.horizon = Horizon.of(trainer, len(self.splits["train"]))
-        self.optimizer = build_optimizer(recipe.optimizer, model.parameters())
-        self.learning_rate = LearningRate(recipe.schedule, self.optimizer, self.horizon,
-                                          self.plan.lr_scale)
+        self.optimizer = own_optimizer(recipe, model.parameters()) or \
+            build_optimizer(recipe.optimizer, model.parameters())
+        # A schedule of the recipe's own (`_target_`) is a torch scheduler stepped once per
+        # step; a named one is `LearningRate`, set before every step from where training is.
+        self.own_schedule = own_scheduler(recipe, self.optimizer)
+        self.learning_rate = None if self.own_schedule else LearningRate(
+            recipe.schedule, self.optimizer, self.horizon, self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
                                     self.events.emit, self.run_dir.logs)
         self.metric_name = trainer.best_metric or self.task.main_metric
@@ -118,6 +125,11 @@ class Trainer:
         # its own to save, and it may be stuck starting the process group with a peer that
         # is gone); from here on it saves the last completed step first.
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        # Built from the restored cursor: the loader's workers read ahead, the cursor in the
+        # training state moves only when a step completes.
+        self.batches = TrainBatches(self.splits["train"], self.sampler, self.plan,
+                                    self.world_size, self.rank, recipe.data.loader,
+                                    self.task.collate_fn, self.device)
 
     def _restore(self) -> None:
         device = self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -169,12 +181,15 @@ class Trainer:
             "training_hash_scheme": HASH_SCHEME,
             "world_size": self.world_size,
             "time": time.time(),
+            **({"scheduler": self.own_schedule.state_dict()} if self.own_schedule else {}),
         }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.own_schedule is not None and "scheduler" in state:
+            self.own_schedule.load_state_dict(state["scheduler"])
         self.step, self.best = int(state["step"]), state.get("best")
 
     # --- training ----------------------------------------------------------------------
@@ -220,11 +235,13 @@ class Trainer:
                 self.progress.write(self.step)
         self._check_stop()
         self.progress.finished(self.step)
+        self.batches.close()
 
     def train_step(self) -> tuple[float, int]:
         """One optimizer step; if it fails, the live state is rolled back to the step before."""
         position = self.sampler.state_dict()
-        self.learning_rate.apply(self.step, self.sampler.samples_seen)
+        if self.learning_rate is not None:
+            self.learning_rate.apply(self.step, self.sampler.samples_seen)
         seed_step(self.recipe.run.seed, self.step, self.rank)
         try:
             return self._step(self.sampler.next_batch(self.plan.global_batch))
@@ -234,33 +251,30 @@ class Trainer:
             raise
 
     def _step(self, ids: torch.Tensor) -> tuple[float, int]:
-        plan, split = self.plan, self.splits["train"]
-        start, stop = _share(len(ids), self.world_size, self.rank)
-        mine = ids[start:stop]
+        share = rank_share(ids, self.world_size, self.rank, self.plan.micro_batch)
         scale = self.world_size / len(ids)  # DDP averages over ranks; we want sum / global batch
-        weight = 1.0
-        if len(mine) == 0:  # a short last batch of the epoch: take part with a zero weight
-            mine, weight = ids[:1], 0.0
-        chunks = mine.split(plan.micro_batch)
-        loss_sum = 0.0
+        weight, total = share.weight, 0.0
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.recipe.trainer.precision == "bf16")
-        for index, chunk in enumerate(chunks):
-            last = index == len(chunks) - 1
+        for index, chunk in enumerate(share.chunks):
+            last = index == len(share.chunks) - 1
             sync = contextlib.nullcontext() if last or self.world_size == 1 else \
                 self.train_model.no_sync()
             with sync:
-                batch = split.take(chunk, self.device)
+                batch = self.batches.next(chunk)  # the loader's batch of exactly `chunk`
                 with autocast:
-                    losses = self.task.loss(self.train_model, batch).float()
-                (losses.sum() * (scale * weight)).backward()
-                loss_sum += float(losses.detach().sum()) * weight
-        if self.recipe.optimizer.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optimizer.grad_clip)
+                    summed = loss_sum(self.task.loss(self.train_model, batch), len(chunk))
+                (summed * (scale * weight)).backward()
+                total += float(summed.detach()) * weight
+        clip = grad_clip(self.recipe)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.optimizer.step()
+        if self.own_schedule is not None:
+            self.own_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.samples.record(self.step, mine if weight else mine[:0])
-        return loss_sum, int(len(mine) * weight)
+        self.samples.record(self.step, share.ids if weight else share.ids[:0])
+        return total, int(len(share.ids) * weight)
 
     def log_step(self, window: _Window) -> None:
         totals = torch.tensor([window.loss_sum, float(window.count)], dtype=torch.float64)
@@ -282,7 +296,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict:
         data = self.splits[split]
         if split == "train":  # the training report: a fixed sample, not a second epoch
-            data = data.subset(TRAIN_REPORT_ROWS, self.recipe.run.seed)
+            data = subset(data, TRAIN_REPORT_ROWS, self.recipe.run.seed)
         self.model.eval()
         try:
             return self.task.evaluate(self.model, data, self.device,
@@ -419,12 +433,6 @@ class _Window:
 
     def seconds(self) -> float:
         return time.perf_counter() - self.started
-
-
-def _share(length: int, world: int, rank: int) -> tuple[int, int]:
-    base, extra = divmod(length, world)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (rank < extra)
 
 
 def _device(choice: str, local_rank: int) -> torch.device:

@@ -22,6 +22,10 @@ torch and a gloo group loaded takes ~1.5 s on a small CPU, the agent waits for t
 it can regroup, and gloo's destructors occasionally abort at that point, which the agent
 would count as a failure. Events, sample logs and checkpoints are already on disk
 (unbuffered writes, background saves joined), so skipping the teardown loses nothing.
+
+A `UserError` (bad input only a worker can meet: a bad sample, a factory that returns the
+wrong kind) prints its one line and exits with `WORKER_INPUT_ERROR_EXIT`: a restart would
+meet the same input again.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ if __name__ == "__main__":
     try:
         main()
         _leave(0)
-    except UserError as err:  # recorded by @record and as an event already
+    except UserError as err:  # bad input: a restart would meet it again (errors.py)
         print(f"error: {err}", file=sys.stderr)
         _leave(WORKER_INPUT_ERROR_EXIT)
     except SystemExit as stop:

@@ -128,9 +128,9 @@ def assert_same_data(records: list[tuple[int, int, list[int]]], steps: int,
                      recipe: Path = TINY) -> None:
     """Every step was trained exactly once, on exactly the samples an undisturbed run uses
     (so each sample once per epoch), whatever the ranks that shared it."""
+    from elasticml.data.sampler import ElasticSampler
     from elasticml.recipe.load import load_recipe
     from elasticml.tasks import build_task
-    from elasticml.train.sampler import ElasticSampler
 
     loaded = load_recipe(recipe, [])
     sampler = ElasticSampler(len(build_task(loaded).splits()["train"]), loaded.run.seed)
@@ -242,9 +242,9 @@ class Nodes:
     shared filesystem), all ended by the test."""
 
     def __init__(self, cluster: Cluster, tmp_path: Path, endpoint: str, *common: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, recipe: Path = TINY) -> None:
         self.cluster, self.tmp_path, self.endpoint = cluster, tmp_path, endpoint
-        self.common, self.env = common, env or {}
+        self.common, self.env, self.recipe = common, env or {}, recipe
         self.jobs: dict[str, Job] = {}
         self._done: list[Job] = []
 
@@ -258,7 +258,7 @@ class Nodes:
         addr = self.cluster.nodes[node]
         command = self.cluster.exec_prefix(node) + train_command(
             "--rdzv-endpoint", self.endpoint, "--local-addr", addr,
-            "--run-dir", str(self.run_root(node)), *self.common, *overrides)
+            "--run-dir", str(self.run_root(node)), *self.common, *overrides, recipe=self.recipe)
         if node in self.jobs:
             self._done.append(self.jobs[node])
         self.jobs[node] = Job(command, self.tmp_path / f"{node}.log",

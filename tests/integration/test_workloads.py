@@ -18,20 +18,21 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def elasticml(*args: str) -> subprocess.CompletedProcess:
+def elasticml(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "elasticml", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "elasticml", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=240)
 
 
-def train_and_eval(tmp_path: Path, recipe: str, *overrides: str, split: str = "test") -> tuple:
+def train_and_eval(tmp_path: Path, recipe: str, *overrides: str, split: str = "test",
+                   eval_flags: tuple[str, ...] = ()) -> tuple:
     run_id = Path(recipe).stem
     done = elasticml("train", recipe, *overrides, "--run-dir", str(tmp_path), "--run-id", run_id,
                      "-q")
     assert done.returncode == 0, done.stdout + done.stderr
     run = tmp_path / run_id
     final = json.loads((run / "reports" / "final.json").read_text())
-    scored = elasticml("eval", str(run), "--json", "--split", split)
+    scored = elasticml("eval", str(run), "--json", "--split", split, *eval_flags)
     assert scored.returncode == 0, scored.stderr
     result = json.loads(scored.stdout)
     assert result["step"] == final["step"] and result["split"] == split
@@ -73,10 +74,59 @@ def test_sequence_learns_the_rule(tmp_path):
     assert close(metrics["accuracy"], final["test"]["accuracy"])
 
 
-@pytest.mark.parametrize("recipe", ["recipes/custom/spirals.yaml",
-                                    "recipes/custom/spirals-csv.yaml"])
-def test_bring_your_own(tmp_path, recipe):
-    _, final, metrics = train_and_eval(tmp_path, recipe, "trainer.max_steps=250",
-                                       "trainer.eval_every=0", "trainer.checkpoint_every=0")
+def test_a_csv_file(tmp_path):
+    _, final, metrics = train_and_eval(tmp_path, "recipes/custom/spirals-csv.yaml",
+                                       "trainer.max_steps=250", "trainer.eval_every=0",
+                                       "trainer.checkpoint_every=0")
     assert metrics["accuracy"] >= 0.85
     assert close(metrics["accuracy"], final["test"]["accuracy"])
+
+
+def test_the_worked_example_a_plain_scripts_classes_end_to_end(tmp_path):
+    """Trained from another folder; eval imports the script only when told, and then from
+    the recipe's folder, not from the current directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    marker = tmp_path / "decoy-imported"
+    (elsewhere / "spirals_script.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    recipe = str(ROOT / "recipes" / "byo" / "spirals.yaml")
+    done = elasticml("train", recipe, "trainer.max_steps=250", "trainer.eval_every=100",
+                     "--run-dir", str(tmp_path / "runs"), "-q", cwd=elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = tmp_path / "runs" / "spirals"
+    final = json.loads((run / "reports" / "final.json").read_text())
+    assert final["test"]["accuracy"] >= 0.9 and final["best"]["metric"] == "accuracy"
+
+    refused = elasticml("eval", str(run), "--json", cwd=elsewhere)
+    assert refused.returncode == 2 and refused.stdout == ""
+    [line] = [x for x in refused.stderr.splitlines() if x.startswith("error:")]
+    assert "spirals_script.SpiralNet" in line and "--trust-code" in line
+    assert not marker.exists()
+
+    scored = elasticml("eval", str(run), "--json", "--trust-code", cwd=elsewhere)
+    assert scored.returncode == 0, scored.stderr
+    assert close(json.loads(scored.stdout)["metrics"]["accuracy"], final["test"]["accuracy"])
+    assert not marker.exists(), "the current directory's module was not imported"
+    parallel = elasticml("eval", str(run), "--json", "--trust-code", "--nproc", "2",
+                         cwd=elsewhere)
+    assert parallel.returncode == 0, parallel.stderr
+    assert close(json.loads(parallel.stdout)["metrics"]["accuracy"], final["test"]["accuracy"])
+    report = elasticml("report", str(run), "--json")
+    assert report.returncode == 0 and json.loads(report.stdout)["metrics"]
+
+
+def test_fashion_mnist_from_disk_with_loader_workers(tmp_path, fashion_mnist):
+    _, final, metrics = train_and_eval(
+        tmp_path, "recipes/fashion-mnist.yaml", "trainer.epochs=null", "trainer.max_steps=120",
+        "trainer.eval_every=0", "trainer.checkpoint_every=0", "data.val.val_size=1000")
+    assert metrics["accuracy"] >= 0.78
+    assert close(metrics["accuracy"], final["test"]["accuracy"])
+    assert sum(map(sum, metrics["confusion_matrix"])) == 10000
+
+
+def test_movielens_beats_the_most_popular_list(tmp_path, movielens):
+    _, final, metrics = train_and_eval(tmp_path, "recipes/movielens.yaml", "trainer.epochs=4",
+                                       "trainer.eval_every=0", "trainer.checkpoint_every=0")
+    assert metrics["ndcg@10"] >= 1.3 * metrics["popular_ndcg@10"]
+    assert metrics["recall@10"] >= 1.3 * metrics["popular_recall@10"]
+    assert close(metrics["ndcg@10"], final["test"]["ndcg@10"])

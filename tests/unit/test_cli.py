@@ -47,12 +47,34 @@ def test_bad_input_is_one_line_exit_2_no_traceback():
         (("train", "digits", "--nnodes", "2:1"), "elastic.nnodes"),
         (("train", "digits", "--nnodes", "1:2"), "needs a rendezvous endpoint"),
         (("train", "digits", "--rdzv-backend", "zk"), "elastic.rdzv.backend: 'zk'"),
+        (("train", "byo/spirals", "model.widht=3"), "model: SpiralNet takes no argument 'widht'"),
+        (("train", "byo/spirals", "data.val._target_=spirals_script.Nope", "--dry-run"),
+         "data.val._target_: spirals_script has no 'Nope'"),
+        (("recipes", "keys", "NO_SUCH_SECTION"), "no recipe section 'NO_SUCH_SECTION'"),
     ]:
         result = bad(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_bad_row_in_a_data_file_is_one_line_before_anything_starts(tmp_path):
+    (tmp_path / "t.csv").write_text("a,b,label\n1,2,x\n3,oops,y\n")
+    (tmp_path / "r.yaml").write_text("task: {name: custom, path: t.csv}\nmodel: {name: mlp}\n"
+                                     "trainer: {max_steps: 5}\n")
+    result = bad("train", str(tmp_path / "r.yaml"), "--run-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith("t.csv:3: column 'b': 'oops' is not a number")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_recipe_that_is_not_text_is_one_line(tmp_path):
+    (tmp_path / "r.yaml").write_bytes(b"run: {name: \xff\xfe}\n")
+    result = bad("train", str(tmp_path / "r.yaml"))
+    assert result.returncode == 2 and "not a UTF-8 text file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_recipes_lists_and_shows():

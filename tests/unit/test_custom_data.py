@@ -1,8 +1,7 @@
-"""Users' own data and models: CSV and NPZ files, factories, and the errors they can cause."""
+"""A table of numbers as data (`task.name: custom`): CSV and NPZ files and the errors they cause."""
 
 import numpy as np
 import pytest
-import torch
 
 from elasticml.errors import UserError
 from elasticml.recipe.load import load_recipe
@@ -52,29 +51,17 @@ def test_npz_file(tmp_path):
         read_table(tmp_path / "bad.npz", None)
 
 
-def test_factories_from_a_file_and_from_pythonpath(tmp_path, monkeypatch):
-    code = tmp_path / "mine.py"
-    code.write_text(
-        "import torch\n"
-        "def data(n=60):\n"
-        "    x = torch.randn(n, 3)\n"
-        "    return {s: (x, (x[:, 0] > 0).long()) for s in ('train', 'val', 'test')}\n"
-        "def model(info, width=8):\n"
-        "    return torch.nn.Linear(info['features'], info['classes'])\n")
-    recipe = custom(tmp_path, {"factory": f"{code}:data", "options": {"n": 30}},
-                    {"name": "custom", "factory": f"{code}:model"})
-    task = build_task(recipe)
-    assert len(task.splits()["val"]) == 30
-    assert isinstance(task.build_model(), torch.nn.Linear)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    task = build_task(custom(tmp_path, {"factory": "mine:data"}))
-    assert task.classes == 2
-
-
-def test_missing_user_code_is_a_recipe_error(tmp_path):
-    with pytest.raises(UserError, match="task.factory: module 'nowhere_at_all' not found"):
-        custom(tmp_path, {"factory": "nowhere_at_all:data"})
-    with pytest.raises(UserError, match="task.factory: file not found"):
-        custom(tmp_path, {"factory": "nowhere_at_all.py:data"})
-    with pytest.raises(UserError, match="model.factory: 'x' is not module:function"):
-        custom(tmp_path, {"path": __file__}, {"name": "custom", "factory": "x"})
+def test_a_relative_data_path_is_relative_to_the_recipe_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "t.csv").write_text("\n".join(f"{i},{i % 2}" for i in range(30)))
+    (folder / "r.yaml").write_text("task: {name: custom, path: t.csv}\nmodel: {name: mlp}\n"
+                                   "trainer: {max_steps: 1}\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder
+    recipe = load_recipe(folder / "r.yaml")
+    assert recipe.run.recipe_dir == str(folder)
+    assert build_task(recipe).classes == 2
+    (folder / "r.yaml").write_text("task: {name: custom, path: nowhere.csv}\n"
+                                   "trainer: {max_steps: 1}\n")
+    with pytest.raises(UserError, match=r"task.path: data file not found: .*project/nowhere"):
+        load_recipe(folder / "r.yaml")

@@ -116,3 +116,34 @@ def test_help_and_rejecting_a_bad_file_do_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT)}, check=True).stdout
     assert out.strip() == "[0, 2, 2] False"
+
+
+def own_checkpoint(tmp_path: Path, module: str) -> Path:
+    """A checkpoint whose recipe names a model from `module` (trained from `tmp_path/code`)."""
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    stored = {"run": {"name": "own", "recipe_dir": str(code)},
+              "data": {s: {"_target_": "torch.utils.data.ConcatDataset",
+                           "datasets": [[1, 2, 3]]} for s in ("train", "val", "test")},
+              "model": {"_target_": module},
+              "loss": {"_target_": "torch.nn.CrossEntropyLoss"},
+              "trainer": {"max_steps": 1}}
+    path = tmp_path / "own.pt"
+    path.write_bytes(encode({"step": 1, "model": {}, "recipe": stored, "best": None}))
+    return path
+
+
+def test_a_checkpoint_naming_foreign_code_is_refused_without_importing_it(tmp_path,
+                                                                           monkeypatch):
+    marker = tmp_path / "imported"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nNet = None\n")
+    result = invoke(own_checkpoint(tmp_path, "evil.Net"), "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.output.count("\n") == 1
+    assert "(model._target_: evil.Net)" in result.output and "--trust-code" in result.output
+    assert not marker.exists()
+    # with the flag: imported from the folder it was trained from, never the current one
+    result = invoke(own_checkpoint(tmp_path, "evil.Net"), "--json", "--trust-code")
+    assert result.exit_code == 2 and "cannot import evil.Net" in result.output
+    assert not marker.exists()

@@ -2,7 +2,7 @@
 
 import torch
 
-from elasticml.train.sampler import ElasticSampler
+from elasticml.data.sampler import ElasticSampler
 
 
 def consume(sampler: ElasticSampler, batch: int, steps: int) -> list[int]:
@@ -32,12 +32,31 @@ def test_order_depends_on_position_not_on_world_size_or_restarts():
 
 
 def test_ranks_split_the_global_batch_without_overlap():
-    from elasticml.train.loop import _share
+    from elasticml.data.sampler import rank_share
 
     ids = torch.arange(23)
     for world in (1, 2, 3, 4):
-        parts = [ids[slice(*_share(len(ids), world, rank))].tolist() for rank in range(world)]
+        parts = [rank_share(ids, world, rank, 4).ids.tolist() for rank in range(world)]
         assert sum(parts, []) == ids.tolist()
+
+
+def test_a_rank_left_without_samples_takes_part_with_zero_weight():
+    from elasticml.data.sampler import rank_share
+
+    share = rank_share(torch.tensor([7, 8]), world=3, rank=2, micro_batch=4)
+    assert share.weight == 0.0 and share.ids.tolist() == [7]
+
+
+def test_the_batch_sampler_yields_exactly_what_the_loop_takes_from_the_cursor():
+    """Loader workers may read ahead; the micro-batches still follow the cursor's steps."""
+    from elasticml.data.sampler import ElasticBatchSampler, rank_share
+
+    cursor = ElasticSampler(50, seed=2)
+    cursor.next_batch(16)  # a resumed run: the loader starts where the cursor stands
+    batches = iter(ElasticBatchSampler(cursor, 16, micro_batch=3, world=3, rank=1))
+    for _ in range(10):  # across the epoch boundary, short last batch included
+        share = rank_share(cursor.next_batch(16), 3, 1, 3)
+        assert [next(batches) for _ in share.chunks] == [c.tolist() for c in share.chunks]
 
 
 def test_state_from_another_dataset_is_refused():

@@ -3,7 +3,7 @@
 import torch
 from torchmetrics.retrieval import RetrievalNormalizedDCG, RetrievalRecall
 
-from elasticml.eval_output import heatmap, matrices, per_class, scalars
+from elasticml.evaluate.output import heatmap, matrices, per_class, scalars
 from elasticml.recipe.load import load_recipe
 from elasticml.tasks import build_task
 from elasticml.tasks.base import Shard

@@ -13,6 +13,13 @@ numbers are those of a single process.
 Every input the user can get wrong (missing, truncated or foreign file, a run without
 checkpoints, an unknown task, a model override) is a `UserError`: one line, exit status 2.
 Those checks come before torch is imported, so they answer at once.
+
+Loading a checkpoint runs no code the user did not choose. The recipe inside may name
+components (`_target_`); without `--trust-code` eval builds only elasticml's own datasets and
+tasks and classes from torch and torchmetrics, and refuses anything else in one line that
+names the flag. With `--trust-code` the recipe's modules are imported from the folder the
+recipe was trained from (recorded in the checkpoint) and `PYTHONPATH`, never from the current
+directory.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ class EvalRequest:
     overrides: list[str] = field(default_factory=list)
     as_json: bool = False
     nproc: int = 1
+    trust_code: bool = False
+    """Import the code the checkpoint's recipe names (the user said so)."""
 
 
 @dataclass
@@ -72,10 +81,12 @@ def run_eval(request: EvalRequest) -> int:
         raise UserError(f"--nproc: must be >= 1, got {request.nproc}")
     source = resolve_checkpoint(request.checkpoint)
     recipe = stored_recipe(source, request.overrides)
-    metrics = score(source, recipe, request.split, request.nproc)
+    if not request.trust_code:
+        refuse_foreign_code(recipe, source.path)
+    metrics = score(source, recipe, request.split, request.nproc, request.trust_code)
     result = EvalResult(str(source.path), source.step, request.split, metrics)
 
-    from elasticml.eval_output import print_table, write_report, write_tensorboard
+    from elasticml.evaluate.output import print_table, write_report, write_tensorboard
 
     if source.run_dir is not None:
         report = write_report(source.run_dir, result)
@@ -150,17 +161,30 @@ def stored_recipe(source: Source, overrides: list[str]) -> Recipe:
         raise UserError(f"{source.path}: recipe inside the checkpoint: {err}") from None
 
 
+def refuse_foreign_code(recipe: Recipe, checkpoint: Path) -> None:
+    """One line naming `--trust-code` when the recipe names code eval would have to import
+    from outside elasticml, torch and torchmetrics (checked by name: nothing is imported)."""
+    from elasticml.evaluate.scoring import components_of, foreign
+
+    for key, dotted in components_of(recipe):
+        if foreign(dotted):
+            raise UserError(f"{checkpoint}: its recipe names code from outside elasticml, torch "
+                            f"and torchmetrics ({key}: {dotted}); eval imports it only if you "
+                            "pass --trust-code")
+
+
 # --- scoring -------------------------------------------------------------------------------
 
 
-def score(source: Source, recipe: Recipe, split: str, nproc: int) -> dict:
+def score(source: Source, recipe: Recipe, split: str, nproc: int,
+          trust_code: bool = False) -> dict:
     if nproc == 1:
-        from elasticml.eval_scoring import score_shard
+        from elasticml.evaluate.scoring import score_shard
 
-        return score_shard(source.state, recipe, split)
-    from elasticml.eval_parallel import score_in_processes
+        return score_shard(source.state, recipe, split, trust_code=trust_code)
+    from elasticml.evaluate.parallel import score_in_processes
 
-    return score_in_processes(source.path, recipe, split, nproc)
+    return score_in_processes(source.path, recipe, split, nproc, trust_code)
 
 
 def _note(message: str) -> None:

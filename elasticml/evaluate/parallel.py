@@ -20,7 +20,8 @@ from elasticml.errors import UserError
 from elasticml.recipe.schema import Recipe
 
 
-def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int) -> dict:
+def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int,
+                       trust_code: bool = False) -> dict:
     import torch.multiprocessing as mp
 
     from elasticml.recipe.load import recipe_to_dict
@@ -28,7 +29,8 @@ def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int)
     with tempfile.TemporaryDirectory(prefix="elasticml-eval-") as folder:
         out = Path(folder) / "metrics.json"
         mp.start_processes(_worker, args=(nproc, str(checkpoint), recipe_to_dict(recipe), split,
-                                          folder), nprocs=nproc, join=True, start_method="spawn")
+                                          folder, trust_code),
+                           nprocs=nproc, join=True, start_method="spawn")
         problem = Path(folder) / "error.txt"
         if problem.exists():
             raise UserError(problem.read_text())
@@ -36,11 +38,11 @@ def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int)
 
 
 def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
-            folder: str) -> None:
+            folder: str, trust_code: bool) -> None:
     import torch
     import torch.distributed as dist
 
-    from elasticml.eval_scoring import eval_device, score_shard
+    from elasticml.evaluate.scoring import eval_device, score_shard
     from elasticml.recipe.load import recipe_from_dict
     from elasticml.train.checkpoint import read_checkpoint
 
@@ -51,7 +53,8 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank,
                             world_size=world, timeout=timedelta(minutes=10))
     try:
-        metrics = score_shard(read_checkpoint(checkpoint), resolved, split, rank, world, device)
+        metrics = score_shard(read_checkpoint(checkpoint), resolved, split, rank, world, device,
+                              trust_code)
         if rank == 0:
             Path(folder, "metrics.json").write_text(json.dumps(metrics))
     except UserError as err:  # every rank meets the same problem before any collective

@@ -1,0 +1,1 @@
+"""The one data path: map-style Datasets, the elastic batch sampler and the DataLoader."""
