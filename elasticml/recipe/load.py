@@ -73,7 +73,9 @@ def load_recipe(
         recipe = OmegaConf.to_object(config)
     except OmegaConfBaseException as err:
         raise UserError(_explain(err, path if not _given(err, given) else None, text)) from None
-    if path is not None:
+    if path is not None and not recipe.run.recipe_dir:
+        # A resolved copy (pinned in the run dir, exported for a scheduler) keeps the folder
+        # of the recipe it was resolved from: its relative paths and code are found there.
         recipe.run.recipe_dir = str(path.resolve().parent)
     problems = check_recipe(recipe)
     if problems:

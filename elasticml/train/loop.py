@@ -125,10 +125,16 @@ class Trainer:
         # its own to save, and it may be stuck starting the process group with a peer that
         # is gone); from here on it saves the last completed step first.
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        # Built from the restored cursor: the loader's workers read ahead, the cursor in the
-        # training state moves only when a step completes.
+        self._open_batches()
+
+    def _open_batches(self) -> None:
+        """The training loader, built from the sampler's cursor as it stands: the loader's
+        workers read ahead, the cursor in the training state moves only when a step
+        completes. Loading another state reopens it."""
+        if getattr(self, "batches", None) is not None:
+            self.batches.close()
         self.batches = TrainBatches(self.splits["train"], self.sampler, self.plan,
-                                    self.world_size, self.rank, recipe.data.loader,
+                                    self.world_size, self.rank, self.recipe.data.loader,
                                     self.task.collate_fn, self.device)
 
     def _restore(self) -> None:
@@ -191,6 +197,8 @@ class Trainer:
         if self.own_schedule is not None and "scheduler" in state:
             self.own_schedule.load_state_dict(state["scheduler"])
         self.step, self.best = int(state["step"]), state.get("best")
+        if getattr(self, "batches", None) is not None:
+            self._open_batches()
 
     # --- training ----------------------------------------------------------------------
 

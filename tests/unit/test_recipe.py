@@ -1,8 +1,10 @@
 """Recipe loading: merge order, types, and one clear line for every kind of bad input."""
 
+import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from elasticml.errors import UserError
 from elasticml.recipe.load import load_recipe, training_hash
@@ -125,14 +127,17 @@ def test_training_hash_lets_the_length_of_training_change():
         assert training_hash(load_recipe(DIGITS, [maths])) != base, maths
 
 
-def _custom_recipe(tmp_path, data: Path, factory: Path | None = None):
-    model = {"name": "custom", "factory": f"{factory}:make"} if factory else {"name": "mlp"}
-    return load_recipe({"task": {"name": "custom", "path": str(data)}, "model": model,
-                        "trainer": {"max_steps": 1}})
+def _custom_recipe(tmp_path, data: Path, code: Path | None = None):
+    """A recipe file beside `data` (and a model module of the user's own, `code`)."""
+    model = {"_target_": f"{code.stem}.Net"} if code else {"name": "mlp"}
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"task": {"name": "custom", "path": data.name},
+                                      "model": model, "trainer": {"max_steps": 1}}))
+    return load_recipe(recipe)
 
 
 def test_training_hash_covers_the_bytes_of_the_files_the_recipe_names(tmp_path):
-    data, code = tmp_path / "t.csv", tmp_path / "model.py"
+    data, code = tmp_path / "t.csv", tmp_path / f"hashed_net_{os.getpid()}.py"
     data.write_text("1,2,0\n3,4,1\n")
     code.write_text("def make(info):\n    return None\n")
     base = training_hash(_custom_recipe(tmp_path, data, code))

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
+from elasticml.data.sampler import ElasticSampler
 from elasticml.recipe.schema import OptimizerConfig, ScheduleConfig, TrainerConfig
 from elasticml.train.batching import Horizon, plan_batches
 from elasticml.train.optim import LearningRate, build_optimizer, lr_factor
-from elasticml.train.sampler import ElasticSampler
 
 N = 1000  # training samples
 
