@@ -45,7 +45,7 @@ from tests.integration.cluster import (  # noqa: E402 - the helpers the tests us
     wait_for,
 )
 
-STEPS = 3000
+STEPS = 6000
 COMMON = ("--nnodes", "1:2", "--nproc-per-node", "1", f"trainer.max_steps={STEPS}",
           "faults.step_delay=0.02", "trainer.checkpoint_every=50", "elastic.max_restarts=1000",
           "elastic.collective_timeout=10", "elastic.stop_grace=20",
