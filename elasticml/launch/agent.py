@@ -11,7 +11,10 @@ its error file) and restart to the run's events, and adds four things of its own
   not a failure) are restarted as a membership change: they cost no `max_restarts`;
 * a worker that stopped on a problem with the user's input (exit status
   `WORKER_INPUT_ERROR_EXIT`) ends the job at once with that one line: restarting cannot
-  fix it.
+  fix it;
+* with `elastic.warm_workers` (the default) its workers are forked from a zygote that has
+  imported torch and elasticml once, instead of started as fresh interpreters (`warm.py`);
+  starting them is the only thing that changes.
 Workers get `elastic.stop_grace` seconds between SIGTERM and SIGKILL (torch: 30 s).
 
 Failure modes an operator meets here:
@@ -35,16 +38,16 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, Wo
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
+from torch.distributed.elastic.utils import macros
 
 from elasticml.errors import WORKER_INPUT_ERROR_EXIT
-from elasticml.launch import rendezvous
+from elasticml.launch import rendezvous, warm, zygote
 from elasticml.launch.plan import LaunchPlan
 from elasticml.launch.watchdog import HangWatchdog
 from elasticml.telemetry.events import EventLog
 
 EXIT_BARRIER_S = 10
 """How long an agent whose workers finished waits for the other nodes' workers to finish."""
-STOP_GRACE_ENV = "ELASTICML_STOP_GRACE"
 
 
 @dataclass
@@ -64,9 +67,12 @@ class ObservingAgent(LocalElasticAgent):
     """A `LocalElasticAgent` that writes what it sees to the event log (see the module)."""
 
     def __init__(self, *args, events: EventLog, watchdog: HangWatchdog | None = None,
-                 node: str | None = None, stop_grace: float = 30.0, **kwargs) -> None:
+                 node: str | None = None, stop_grace: float = 30.0,
+                 warm_args: tuple[str, ...] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.events, self.watchdog, self.stop_grace = events, watchdog, stop_grace
+        self.warm_args = warm_args
+        """The worker's arguments when its workers are forked from the zygote; None: cold."""
         self.node = node or socket.gethostname()
         self._round = 0
         self._last_world: int | None = None
@@ -95,10 +101,31 @@ class ObservingAgent(LocalElasticAgent):
     def _start_workers(self, worker_group):
         if self.watchdog is not None:
             self.watchdog.reset()
-        pids = super()._start_workers(worker_group)
+        if self.warm_args is None:
+            pids = super()._start_workers(worker_group)
+        else:
+            pids = self._start_warm_workers(worker_group)
         self.events.emit("workers_started", restart_count=self._restart_count(),
-                         pids=list(pids.values()))
+                         pids=list(pids.values()), warm=self.warm_args is not None)
         return pids
+
+    def _start_warm_workers(self, worker_group) -> dict[int, int]:
+        """torch's `_start_workers` with its process start swapped for `warm.WarmWorkers`:
+        the same environment, local watchdog, health check and log files."""
+        spec, restart_count = worker_group.spec, self._restart_count()
+        envs, args = {}, {}
+        for worker in worker_group.workers:
+            env = warm.worker_environment(worker_group, worker, restart_count)
+            self._set_local_rank_env(env, worker.local_rank, spec)
+            envs[worker.local_rank] = env
+            args[worker.local_rank] = tuple(
+                macros.substitute(list(self.warm_args), str(worker.local_rank)))
+        self._setup_local_watchdog(envs=envs)
+        self._setup_healthcheck()
+        self._pcontext = warm.WarmWorkers(spec.role, args, envs, self._logs_specs,
+                                          grace=self.stop_grace)
+        self._pcontext.start()
+        return self._pcontext.pids()
 
     def _stop_workers(self, worker_group) -> None:
         self._shutdown(timeout=int(round(self.stop_grace)))
@@ -202,8 +229,7 @@ def describe_failure(rank: int, failure) -> dict:
 def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
-    os.environ.update(plan.env)
-    os.environ[STOP_GRACE_ENV] = str(plan.stop_grace)
+    warm_workers = zygote.prepare(plan)  # the zygote's imports run while this agent rendezvouses
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,
@@ -230,7 +256,8 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
                             plan.collective_timeout) if plan.hang_timeout else None
     agent = ObservingAgent(spec=spec, logs_specs=config.logs_specs, start_method="spawn",
                            exit_barrier_timeout=EXIT_BARRIER_S, events=events,
-                           watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace)
+                           watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace,
+                           warm_args=plan.worker_args if warm_workers else None)
     events.emit("launch", nnodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
                 backend=plan.rdzv_backend, endpoint=plan.rdzv_endpoint, run_id=plan.run_id,
                 command=plan.torchrun_command())

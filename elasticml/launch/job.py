@@ -89,6 +89,9 @@ def train(request: TrainRequest) -> int:
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
         return 0
     plan = plan.pinned(pin_recipe(run_dir, recipe))
+    from elasticml.launch import zygote
+
+    zygote.prepare(plan)  # warm workers: the zygote imports torch while this process does too
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
