@@ -229,7 +229,7 @@ def describe_failure(rank: int, failure) -> dict:
 def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
-    warm_workers = zygote.prepare(plan)  # the zygote's imports run while this agent rendezvouses
+    warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: see zygote.py)
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,
@@ -263,6 +263,8 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
                 command=plan.torchrun_command())
     started = time.perf_counter()
     try:
+        if warm_workers:
+            zygote.wait_ready()
         result = agent.run()
     except BaseException as err:
         from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -64,6 +64,10 @@ def become_worker(args: tuple[str, ...], env: dict[str, str], stdout: str,
     os._exit(1)
 
 
+def nothing() -> None:
+    """A child that only shows that the zygote forks (`launch/zygote.wait_ready`)."""
+
+
 def die_with_parent(parent: int) -> None:
     """SIGKILL this process when its parent, `parent`, ends; leave at once if it already has
     (it may end between the fork and this call)."""
