@@ -78,8 +78,9 @@ class WarmWorkers(PContext):
     fails or all are done, the rest get `death_sig`, then SIGKILL after `grace` seconds)."""
 
     def __init__(self, name: str, args: dict[int, tuple], envs: dict[int, dict[str, str]],
-                 logs_specs, grace: float, log_line_prefixes: dict[int, str] | None = None):
-        super().__init__(name, become_worker, args, envs, logs_specs, log_line_prefixes)
+                 logs_specs, grace: float, log_line_prefixes: dict[int, str] | None = None,
+                 target=become_worker):
+        super().__init__(name, target, args, envs, logs_specs, log_line_prefixes)
         self.grace = grace
         self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
         self._pidfds: dict[int, int] = {}
@@ -93,7 +94,7 @@ class WarmWorkers(PContext):
         for rank in range(self.nprocs):
             env = {**os.environ, **self.envs[rank]}  # what torch's subprocess start passes
             process = context.Process(
-                target=become_worker, name=f"{self.name}-{rank}",
+                target=self.entrypoint, name=f"{self.name}-{rank}",
                 args=(self.args[rank], env, self.stdouts[rank], self.stderrs[rank]))
             process.start()
             self._processes[rank] = process

@@ -11,8 +11,9 @@ the same entry point (`worker.run`):
   unbuffered (`python -u`);
 * a session of its own (torch starts workers with `start_new_session`): a signal to the
   agent's process group, a Ctrl-C, reaches the agent, which stops its workers itself;
-* the default signal dispositions of a fresh interpreter (the zygote ignores SIGTERM): a
-  worker that has not agreed on its state yet dies at once on SIGTERM, as a cold one does;
+* the signal dispositions and mask of a fresh interpreter (the zygote blocks SIGTERM): a
+  worker that has not agreed on its state yet dies at once on SIGTERM, as a cold one does,
+  even one sent before this set-up ran;
 * death with its zygote, which dies with the agent: no worker outlives its agent.
 numpy's global random state is drawn afresh, as a fresh interpreter would; every stream the
 training uses is seeded from the recipe anyway (`randomness.py`).
@@ -31,26 +32,14 @@ from typing import NoReturn
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
+HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+"""Blocked in the zygote, so in a worker until `become` has set it up."""
 
 
 def become_worker(args: tuple[str, ...], env: dict[str, str], stdout: str,
                   stderr: str) -> NoReturn:
     """Turn this freshly forked child of the zygote into a worker and run it to its exit."""
-    zygote = sys.modules.get("elasticml.train.zygote")
-    die_with_parent(zygote.PID if zygote is not None else os.getppid())
-    os.setsid()
-    for signum in DEFAULT_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.environ.clear()
-    os.environ.update(env)
-    _redirect(1, stdout)
-    _redirect(2, stderr)
-    sys.stdout = _unbuffered(1, "strict")
-    sys.stderr = _unbuffered(2, "backslashreplace")
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()
-
+    become(env, stdout, stderr)
     from elasticml.train import worker
 
     sys.argv = [worker.__file__, *args]
@@ -62,6 +51,26 @@ def become_worker(args: tuple[str, ...], env: dict[str, str], stdout: str,
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     os._exit(1)
+
+
+def become(env: dict[str, str], stdout: str, stderr: str) -> None:
+    """Everything a cold worker has before its entry point runs (see the module): its parent,
+    session, signal dispositions, environment, log files and numpy's random state."""
+    zygote = sys.modules.get("elasticml.train.zygote")
+    die_with_parent(zygote.PID if zygote is not None else os.getppid())
+    os.setsid()
+    for signum in DEFAULT_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # a pending SIGTERM ends it here
+    os.environ.clear()
+    os.environ.update(env)
+    _redirect(1, stdout)
+    _redirect(2, stderr)
+    sys.stdout = _unbuffered(1, "strict")
+    sys.stderr = _unbuffered(2, "backslashreplace")
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
 
 
 def nothing() -> None:

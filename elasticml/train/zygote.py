@@ -16,10 +16,12 @@ What the preparation does:
   sets its own thread count. (numpy's OpenBLAS starts a thread pool at import when more than
   one thread per worker is allowed; OpenBLAS stops it before every fork and starts it again
   when it is next used, so no thread of it crosses a fork.)
-* ignores SIGTERM, SIGHUP and SIGQUIT: a signal sent to the agent's whole process group (a
+* blocks SIGTERM, SIGHUP and SIGQUIT: a signal sent to the agent's whole process group (a
   scheduler stopping the job) must reach the workers, which save their last completed step,
-  without taking the zygote and with it the workers down. The fork server already ignores
-  SIGINT, so a Ctrl-C reaches the agent only, as with torch's own workers;
+  without taking the zygote and with it the workers down. Blocked, not ignored: a worker
+  inherits the mask, so a SIGTERM sent to it before it is set up waits until it unblocks
+  them (`train/warm.py`) and then ends it, as it would end a fresh interpreter, instead of
+  being lost. (The fork server itself ignores SIGINT.)
 * dies with the agent that started it (`PR_SET_PDEATHSIG`, SIGKILL), and its workers die with
   it (`train/warm.py`): no worker outlives its agent;
 * freezes the objects it created out of the garbage collector's reach (`gc.freeze`), so that
@@ -33,15 +35,14 @@ import os
 import signal
 
 from elasticml.train.progress import AGENT_PID_ENV
-from elasticml.train.warm import die_with_parent
+from elasticml.train.warm import HELD_SIGNALS, die_with_parent
 
 PID = os.getpid()
 """The zygote's pid: what a worker forked from it finds as its parent (`train/warm.py`)."""
 
 
 def _prepare() -> None:
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
     agent = os.environ.get(AGENT_PID_ENV)
     if agent:
         die_with_parent(int(agent))
