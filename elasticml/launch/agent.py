@@ -14,7 +14,8 @@ its error file) and restart to the run's events, and adds four things of its own
   fix it;
 * with `elastic.warm_workers` (the default) its workers are forked from a zygote that has
   imported torch and elasticml once, instead of started as fresh interpreters (`warm.py`);
-  starting them is the only thing that changes.
+  starting them is the only thing that changes. Without a zygote to fork from (it cannot
+  start), workers start cold, with a warning.
 Workers get `elastic.stop_grace` seconds between SIGTERM and SIGKILL (torch: 30 s).
 
 Failure modes an operator meets here:
@@ -101,13 +102,24 @@ class ObservingAgent(LocalElasticAgent):
     def _start_workers(self, worker_group):
         if self.watchdog is not None:
             self.watchdog.reset()
-        if self.warm_args is None:
+        pids = None
+        if self.warm_args is not None:
+            try:
+                pids = self._start_warm_workers(worker_group)
+            except (OSError, EOFError) as err:  # no zygote to fork from: a slower start
+                self.cold(f"cannot fork workers from the zygote ({type(err).__name__}: {err})")
+        if pids is None:
             pids = super()._start_workers(worker_group)
-        else:
-            pids = self._start_warm_workers(worker_group)
         self.events.emit("workers_started", restart_count=self._restart_count(),
                          pids=list(pids.values()), warm=self.warm_args is not None)
         return pids
+
+    def cold(self, why: str) -> None:
+        """Start workers as fresh interpreters from now on, and say why (once)."""
+        self.warm_args = None
+        message = f"{why}; workers start as fresh interpreters from now on"
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        self.events.emit("warning", message=message)
 
     def _start_warm_workers(self, worker_group) -> dict[int, int]:
         """torch's `_start_workers` with its process start swapped for `warm.WarmWorkers`:
@@ -122,10 +134,15 @@ class ObservingAgent(LocalElasticAgent):
                 macros.substitute(list(self.warm_args), str(worker.local_rank)))
         self._setup_local_watchdog(envs=envs)
         self._setup_healthcheck()
-        self._pcontext = warm.WarmWorkers(spec.role, args, envs, self._logs_specs,
-                                          grace=self.stop_grace)
-        self._pcontext.start()
-        return self._pcontext.pids()
+        workers = warm.WarmWorkers(spec.role, args, envs, self._logs_specs,
+                                   grace=self.stop_grace)
+        try:
+            workers.start()
+        except BaseException:  # as torch's start_processes: none of them is left running
+            workers.close(timeout=self.stop_grace)
+            raise
+        self._pcontext = workers
+        return workers.pids()
 
     def _stop_workers(self, worker_group) -> None:
         self._shutdown(timeout=int(round(self.stop_grace)))
@@ -229,7 +246,11 @@ def describe_failure(rank: int, failure) -> dict:
 def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
-    warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: see zygote.py)
+    why_cold = None
+    try:
+        warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: zygote.py)
+    except OSError as err:
+        warm_workers, why_cold = False, f"the zygote did not start ({type(err).__name__}: {err})"
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,
@@ -264,7 +285,12 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     started = time.perf_counter()
     try:
         if warm_workers:
-            zygote.wait_ready()
+            try:
+                zygote.wait_ready()
+            except (OSError, EOFError) as err:
+                why_cold = f"the zygote did not start ({type(err).__name__}: {err})"
+        if why_cold:
+            agent.cold(why_cold)
         result = agent.run()
     except BaseException as err:
         from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -91,7 +92,8 @@ def train(request: TrainRequest) -> int:
     plan = plan.pinned(pin_recipe(run_dir, recipe))
     from elasticml.launch import zygote
 
-    zygote.prepare(plan)  # warm workers: the zygote imports torch while this process does too
+    with contextlib.suppress(OSError):  # launch() tries again, and says why it cannot
+        zygote.prepare(plan)  # warm workers: the zygote imports torch while this process does
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 

@@ -32,6 +32,7 @@ from typing import NoReturn
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGCHLD)
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 HELD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 """Blocked in the zygote, so in a worker until `become` has set it up."""
 
@@ -65,6 +66,7 @@ def become(env: dict[str, str], stdout: str, stderr: str) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)  # a pending SIGTERM ends it here
     os.environ.clear()
     os.environ.update(env)
+    name_process(f"eml-worker-{env.get('LOCAL_RANK', '')}")
     _redirect(1, stdout)
     _redirect(2, stderr)
     sys.stdout = _unbuffered(1, "strict")
@@ -85,6 +87,11 @@ def die_with_parent(parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:
         os._exit(1)
+
+
+def name_process(name: str) -> None:
+    """The name `ps -o comm` and `top` show (a fork keeps its zygote's command line)."""
+    ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def _redirect(fd: int, path: str) -> None:

@@ -35,7 +35,7 @@ import os
 import signal
 
 from elasticml.train.progress import AGENT_PID_ENV
-from elasticml.train.warm import HELD_SIGNALS, die_with_parent
+from elasticml.train.warm import HELD_SIGNALS, die_with_parent, name_process
 
 PID = os.getpid()
 """The zygote's pid: what a worker forked from it finds as its parent (`train/warm.py`)."""
@@ -43,6 +43,7 @@ PID = os.getpid()
 
 def _prepare() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    name_process("eml-zygote")
     agent = os.environ.get(AGENT_PID_ENV)
     if agent:
         die_with_parent(int(agent))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
 
 from elasticml.launch import warm, zygote
 from elasticml.launch.agent import ObservingAgent, describe_failure
-from elasticml.telemetry.events import EventLog
+from elasticml.telemetry.events import EventLog, read_events
 from elasticml.train.progress import AGENT_PID_ENV, agent_pid
+from tests.integration.cluster import env_with_repo, of_kind
 from tests.unit.warm_targets import behave
 
 pytestmark = pytest.mark.skipif(not zygote.available(), reason="warm workers need Linux")
@@ -93,9 +95,64 @@ def test_a_warm_worker_gets_the_environment_and_arguments_torch_gives_a_cold_one
     assert made["name"] == seen["name"]
 
 
+def test_without_a_zygote_to_fork_from_workers_start_cold_with_a_warning(tmp_path,
+                                                                          monkeypatch):
+    logs = DefaultLogsSpecs(log_dir=str(tmp_path / "logs"), redirects=Std.ALL)
+    events = EventLog(tmp_path / "events", "agent")
+    agent = ObservingAgent(_group().spec, logs_specs=logs, events=events,
+                           warm_args=("r.yaml", "--training-hash", "h"))
+    agent._worker_group = _group()
+    closed = []
+
+    class Broken:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def start(self) -> None:
+            raise ConnectionRefusedError("no fork server")
+
+        def close(self, timeout: float) -> None:
+            closed.append(timeout)
+
+    monkeypatch.setattr(warm, "WarmWorkers", Broken)
+    seen = {}
+    monkeypatch.setattr(local_elastic_agent, "start_processes",
+                        lambda **kwargs: seen.update(kwargs) or _Started())
+    assert agent._start_workers(_group()) == {0: 11, 1: 12}
+    assert seen["entrypoint"] == sys.executable and closed, "cold, nothing warm left running"
+    assert agent.warm_args is None, "and cold from now on"
+    [warning] = of_kind(read_events(tmp_path / "events"), "warning")
+    assert "no fork server" in warning["message"]
+    [started] = of_kind(read_events(tmp_path / "events"), "workers_started")
+    assert started["warm"] is False
+
+
+FAILING_ZYGOTE = """
+import multiprocessing, os
+from multiprocessing import forkserver
+from elasticml.launch import zygote
+os.environ["ELASTICML_AGENT_PID"] = "1"  # the zygote dies at once: that is not its parent
+multiprocessing.set_forkserver_preload(list(zygote.PRELOAD))
+forkserver.ensure_running()
+try:
+    zygote.wait_ready()
+except (OSError, EOFError) as err:
+    print("raised", type(err).__name__)
+"""
+
+
+def test_waiting_for_a_zygote_that_cannot_start_raises_instead_of_hanging(tmp_path):
+    """What the agent's fallback to cold workers relies on (in its own process: the fork
+    server is one per process)."""
+    done = subprocess.run([sys.executable, "-c", FAILING_ZYGOTE], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env_with_repo())
+    assert done.stdout.startswith("raised"), done.stdout + done.stderr
+
+
 def _workers(tmp_path, *behaviours: str, grace: float = 5.0) -> warm.WarmWorkers:
     logs = DefaultLogsSpecs(log_dir=str(tmp_path / "logs"), redirects=Std.ALL)
-    envs = {rank: {"RANK": str(rank), "MARKER": "warm"} for rank in range(len(behaviours))}
+    envs = {rank: {"RANK": str(rank), "LOCAL_RANK": str(rank), "MARKER": "warm"}
+            for rank in range(len(behaviours))}
     started = warm.WarmWorkers("trainer", {rank: (b,) for rank, b in enumerate(behaviours)},
                                envs, logs, grace=grace, target=behave)
     started.start()
@@ -126,6 +183,7 @@ def test_a_forked_worker_is_set_up_as_a_fresh_one(tmp_path, monkeypatch):
     assert seen["sid"] == seen["pid"], "a session of its own, as torch gives its workers"
     assert seen["ppid"] != os.getpid(), "a child of the fork server, not of the agent"
     assert seen["threads"] == 1, "no thread crossed the fork"
+    assert seen["name"] == "eml-worker-0", "what `ps -o comm` shows"
     assert seen["sigterm"] == str(signal.SIG_DFL) and seen["sigint"] and not seen["blocked"]
     assert seen["env"]["INHERITED"] == "yes" and seen["env"]["MARKER"] == "warm"
     assert seen["env"]["TORCHELASTIC_ERROR_FILE"] == workers.error_files[0]

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from elasticml.train.warm import become
 
@@ -24,6 +25,7 @@ def behave(args: tuple[str, ...], env: dict[str, str], stdout: str, stderr: str)
         print(json.dumps({
             "pid": os.getpid(), "sid": os.getsid(0), "ppid": os.getppid(),
             "threads": len(os.listdir("/proc/self/task")),
+            "name": Path("/proc/self/comm").read_text().strip(),
             "sigterm": str(signal.getsignal(signal.SIGTERM)),
             "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
             "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
