@@ -43,12 +43,21 @@ def train_command(*args: str, recipe: Path = TINY) -> list[str]:
     return [sys.executable, "-m", "elasticml", "train", str(recipe), "-q", *args]
 
 
-def with_model(folder: Path, **model) -> Path:
-    """The tiny recipe with another `model` section, written to `folder/recipe.yaml`."""
+def with_model(folder: Path, model: dict, **sections) -> Path:
+    """The tiny recipe with another `model` (and any other sections), written to
+    `folder/recipe.yaml` beside a copy of `user_code.py`, whose components it may name."""
+    import shutil
+
     import yaml
 
     recipe = yaml.safe_load(TINY.read_text())
     recipe["model"] = model
+    for name, section in sections.items():
+        if section is None:
+            recipe.pop(name, None)
+        else:
+            recipe[name] = section
+    shutil.copy(USER_CODE, folder / USER_CODE.name)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
