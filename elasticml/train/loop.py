@@ -377,13 +377,14 @@ class Trainer:
                 self.save("final")
             self.checkpoints.wait()
             _write_reports(self.run_dir, self.step, reports, self.best)
+        if self.world_size > 1:
+            dist.barrier()  # every rank scored its shard; rank 0's reports are on disk
         self.events.emit("done", step=self.step, metrics={s: _scalars(m) for s, m in
                                                           reports.items()})
-        if self.world_size > 1:
-            dist.barrier()
-        # Close the group before exiting: left to interpreter shutdown, gloo can abort a rank
-        # whose peer closed its sockets first (SIGABRT), which the agent takes for a failure.
-        dist.destroy_process_group()
+        # Past the barrier the run is complete: closing the group may fail when a peer has
+        # already gone (with the store its rank 0 hosted), and that is no failure of this run.
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
     def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
         """Write the state of the last completed step (the live state outside `train_step`),
