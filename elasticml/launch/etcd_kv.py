@@ -1,0 +1,313 @@
+"""The round protocol's store over etcd's v3 API, through `etcd3gw` (etcd's HTTP/JSON gateway).
+
+etcd 3.4 and later serve the v3 API as JSON over HTTP on the client port, with or without
+`--enable-v2` (etcd 3.6 has no v2 API at all), so no gRPC or protobuf package is needed. The
+five operations of `kv.KV`:
+* `get` is a range read of one key (linearizable: the value the cluster agreed on);
+* `set` is a put;
+* `compare_and_set` is one transaction: compare the key's create revision with 0 ("missing")
+  or its value with the expected one, and put only if it holds;
+* `delete` is one transaction of deletes; `delete_prefix` one delete of a key range.
+Keys live under `/elasticml-v3/` (`/elasticml-v3/elasticml/<run id>/...`), the prefix to grant
+a role on. No leases: liveness is judged from beat counters on each node's own clock
+(`liveness.py`) and the protocol bounds its keys itself (a ring of rounds, beats of departed
+nodes and old generations deleted), so a lease would only add a keep-alive per node and a
+second, server-side notion of liveness that could disagree with the first.
+
+A connection knows every member of the cluster and uses one at a time; a member that does
+not answer (killed, cut off, without a leader for longer than a request may take) is left
+for the next, so losing etcd's leader or any minority of members costs a node one slow
+request, not the job. Requests may wait up to `REQUEST_S`: longer than etcd holds a request
+while it elects a new leader, so an election is waited out rather than taken for a failure.
+With a user, the connection logs in (`/v3/auth/authenticate`) and sends the token with each
+request; an expired token, or one a newly used member does not know, is renewed by logging
+in again. Every failure becomes `StoreUnreachable`; `EtcdRefused`, a kind of it, is etcd
+answering that it will not serve this node as configured (certificates, user, password,
+permissions), with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+
+from elasticml.launch.etcd_access import ENV_PASSWORD, EtcdAccess, EtcdAccessError
+from elasticml.launch.kv import StoreUnreachable
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/elasticml-v3"
+CONNECT_S = 3.0
+REQUEST_S = 10.0
+"""Above etcd's own limit for a request held through an election (5 s + 2 election timeouts
+with the defaults)."""
+MAX_TXN_OPS = 64
+"""Deletes per transaction (etcd allows 128 operations in one by default)."""
+_INVALID_TOKEN = 16  # gRPC UNAUTHENTICATED: the token expired or this member does not know it
+_PERMISSION_DENIED = 7
+
+
+class EtcdRefused(StoreUnreachable):
+    """etcd answered, but will not serve this node as configured; the message says what to
+    fix (a certificate, the user, the password, the user's permissions)."""
+
+
+class EtcdV3KV:
+    def __init__(self, access: EtcdAccess, prefix: str = PREFIX,
+                 timeout: tuple[float, float] = (CONNECT_S, REQUEST_S)) -> None:
+        import etcd3gw
+        import requests
+
+        self.access, self.prefix, self._timeout = access, prefix.rstrip("/"), timeout
+        self._session = requests.Session()
+        if access.ca_cert:
+            self._session.verify = access.ca_cert
+        if access.client_cert and access.client_key:
+            self._session.cert = (access.client_cert, access.client_key)
+        self._clients = [etcd3gw.client(host=host, port=port, protocol=access.scheme,
+                                        session=self._session, timeout=timeout,
+                                        api_path="/v3/")
+                         for host, port in access.endpoints]
+        self._at = 0
+        """The member in use: the first that answered."""
+        self._logged_in = False
+
+    # --- the five operations --------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        values = self._call(lambda client: client.get(self._path(key)))
+        return bytes(values[0]) if values else None
+
+    def set(self, key: str, value: bytes) -> None:
+        self._call(lambda client: client.put(self._path(key), bytes(value)))
+
+    def compare_and_set(self, key: str, expected: bytes | None, desired: bytes) -> bool:
+        path = _b64(self._path(key))
+        if expected is None:
+            compare = {"key": path, "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+        else:
+            compare = {"key": path, "result": "EQUAL", "target": "VALUE",
+                       "value": _b64(expected)}
+        txn = {"compare": [compare], "failure": [],
+               "success": [{"request_put": {"key": path, "value": _b64(desired)}}]}
+        result = self._call(lambda client: client.transaction(txn))
+        return bool(result.get("succeeded"))
+
+    def delete(self, keys: list[str]) -> None:
+        paths = sorted({self._path(key) for key in keys})
+        for start in range(0, len(paths), MAX_TXN_OPS):
+            txn = {"compare": [], "failure": [], "success": [
+                {"request_delete_range": {"key": _b64(p)}}
+                for p in paths[start:start + MAX_TXN_OPS]]}
+            self._call(lambda client, txn=txn: client.transaction(txn))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._call(lambda client: client.delete_prefix(self._path(prefix)))
+
+    def clone(self) -> EtcdV3KV:
+        return EtcdV3KV(self.access, self.prefix, self._timeout)
+
+    # --- for checks, tests and benchmarks -------------------------------------------------
+
+    def contents(self) -> dict[str, bytes]:
+        """Every key under this store's prefix (as the protocol names it) and its value."""
+        items = self._call(lambda client: client.get_prefix(self.prefix + "/"))
+        return {meta["key"].decode()[len(self.prefix):]: bytes(value) for value, meta in items}
+
+    def check_writable(self) -> None:
+        """Ask etcd to check that this user may write under the prefix, without writing: a
+        transaction whose comparison never holds (etcd checks the permissions of every
+        operation in a transaction, taken or not)."""
+        path = _b64(self._path("/elasticml/.access-check"))
+        txn = {"compare": [{"key": path, "result": "LESS", "target": "VERSION", "version": 0}],
+               "success": [{"request_put": {"key": path, "value": _b64(b"x")}}],
+               "failure": []}
+        self._call(lambda client: client.transaction(txn))
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return f"{self.prefix}/{key.lstrip('/')}"
+
+    def _call(self, operation):
+        """`operation(client)` on the member in use, moving on to the next member while one
+        does not answer."""
+        from etcd3gw.exceptions import Etcd3Exception
+        from requests import RequestException
+
+        troubles, refusal = [], None
+        for _ in self._clients:
+            client = self._clients[self._at]
+            where = _where(client)
+            try:
+                return self._on(client, operation)
+            except EtcdRefused:
+                raise
+            except (Etcd3Exception, RequestException, OSError, ValueError, KeyError) as err:
+                refusal = refusal or _tls_refusal(err, where, self.access)
+                troubles.append(f"{where}: {_short(err)}")
+                self._at = (self._at + 1) % len(self._clients)
+        if refusal:
+            raise EtcdRefused(refusal)
+        raise StoreUnreachable(f"no etcd member answered ({'; '.join(troubles)})")
+
+    def _on(self, client, operation):
+        from etcd3gw.exceptions import Etcd3Exception
+
+        if self.access.user and not self._logged_in:
+            self._log_in(client)
+        try:
+            return operation(client)
+        except Etcd3Exception as err:
+            code, message = _answer(err)
+            if code == _INVALID_TOKEN and self.access.user:
+                self._log_in(client)
+                return operation(client)
+            refusal = _refusal(code, message, _where(client), self.access, self.prefix)
+            if refusal:
+                raise EtcdRefused(refusal) from None
+            raise
+
+    def _log_in(self, client) -> None:
+        from etcd3gw.exceptions import Etcd3Exception
+
+        user, where = self.access.user, _where(client)
+        try:
+            password = self.access.password()
+        except EtcdAccessError as err:
+            raise EtcdRefused(str(err)) from None
+        self._session.headers.pop("Authorization", None)
+        try:
+            answer = client.post(client.get_url("/auth/authenticate"),
+                                 json={"name": user, "password": password})
+        except Etcd3Exception as err:
+            code, message = _answer(err)
+            if code is None:
+                raise
+            if "authentication failed" in message:
+                raise EtcdRefused(f"etcd at {where} refused user '{user}': wrong password or "
+                                  f"no such user (the password is from "
+                                  f"{self.access.password_source()})") from None
+            if "not enabled" in message:
+                raise EtcdRefused(f"etcd at {where} has authentication off, so user '{user}' "
+                                  "cannot log in: turn it on (`etcdctl auth enable`) or remove "
+                                  f"{self.access.source('user')}") from None
+            raise EtcdRefused(f"etcd at {where} refused to log in user '{user}': "
+                              f"{message}") from None
+        self._session.headers["Authorization"] = answer["token"]
+        self._logged_in = True
+
+
+def check_access(access: EtcdAccess, v3: bool = True, prefix: str = PREFIX) -> None:
+    """EtcdAccessError naming what to fix when etcd will not serve this node as configured:
+    unreadable or malformed TLS files, a CA that did not sign the servers' certificates, a
+    client certificate etcd refuses, a wrong user or password, no permission on the prefix.
+    An etcd that does not answer at all is no error here: the rendezvous keeps trying."""
+    problem = access.problem_with_files()
+    if problem:
+        raise EtcdAccessError(problem)
+    kv = EtcdV3KV(access, prefix)
+    try:
+        if v3:
+            kv.get("/elasticml/.access-check")
+            kv.check_writable()
+        else:
+            kv._call(lambda client: _version(client))
+    except EtcdRefused as err:
+        raise EtcdAccessError(str(err)) from None
+    except StoreUnreachable as err:
+        logger.warning("etcd is not reachable yet (%s); the rendezvous keeps trying", err)
+
+
+def _version(client):
+    """The server's version (any etcd answers it; TLS problems show here as elsewhere)."""
+    from etcd3gw.exceptions import Etcd3Exception
+
+    answer = client.session.get(client.base_url + "/version", timeout=client.timeout)
+    if answer.status_code != 200:
+        raise Etcd3Exception(answer.text, answer.reason)
+    return answer.json()
+
+
+def _b64(data: str | bytes) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _where(client) -> str:
+    return f"{client.host}:{client.port}"
+
+
+def _answer(err) -> tuple[int | None, str]:
+    """(gRPC code, message) of an error etcd answered with; (None, text) for other answers."""
+    text = getattr(err, "detail_text", None) or ""
+    try:
+        data = json.loads(text)
+        return int(data.get("code")), str(data.get("error") or data.get("message") or "")
+    except (ValueError, TypeError, AttributeError):
+        return None, text.strip()
+
+
+def _refusal(code: int | None, message: str, where: str, access: EtcdAccess,
+             prefix: str) -> str | None:
+    """The one-line fix for an answer that says etcd will not serve this node; None else."""
+    if "user name is empty" in message:
+        return (f"etcd at {where} requires a user: set elastic.rdzv.user and the password in "
+                f"{ENV_PASSWORD} or elastic.rdzv.password_file")
+    if code == _PERMISSION_DENIED:
+        return (f"etcd user '{access.user}' may not read and write {prefix}/: grant its role "
+                f"readwrite on that prefix (`etcdctl role grant-permission ROLE readwrite "
+                f"--prefix=true {prefix}/`)")
+    if "HTTP request to an HTTPS server" in message:
+        return (f"etcd at {where} speaks TLS: give elastic.rdzv.ca_cert (the CA that signed its "
+                "certificate), and client_cert/client_key if it asks for them")
+    return None
+
+
+_VERIFY = re.compile(r"certificate verify failed: ([^(]*)", re.IGNORECASE)
+
+
+def _tls_refusal(err, where: str, access: EtcdAccess) -> str | None:
+    """The one-line fix for a TLS handshake that failed because of a certificate; None when
+    the failure is something else (a member down)."""
+    text = f"{err} {getattr(err, 'detail_text', None) or ''}"
+    verify = _VERIFY.search(text)
+    if verify:
+        reason = verify.group(1).strip()
+        if access.ca_cert:
+            return (f"etcd at {where}: its certificate is not signed by the CA in "
+                    f"{access.source('ca_cert')} ({access.ca_cert}) or does not name that host "
+                    f"({reason}); give the CA that signed the etcd servers' certificates")
+        return (f"etcd at {where}: its certificate is not trusted here ({reason}); give "
+                "elastic.rdzv.ca_cert, the CA that signed the etcd servers' certificates")
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return (f"etcd at {where} does not speak TLS: remove elastic.rdzv.ca_cert and "
+                "client_cert/client_key, or serve etcd with TLS")
+    if "UNEXPECTED_EOF" in text:
+        return (f"etcd at {where} closed the TLS handshake: it does not serve TLS on this port "
+                "(then remove elastic.rdzv.ca_cert) or wants a client certificate (then give "
+                "elastic.rdzv.client_cert and client_key)")
+    alert = re.search(r"(tlsv1[0-9]? alert [a-z ]+|sslv3 alert [a-z ]+)", text, re.IGNORECASE)
+    said = alert.group(1).strip() if alert else ""
+    if "certificate" in said.lower() or "unknown ca" in said.lower():
+        if not access.client_cert:
+            return (f"etcd at {where} asks for a client certificate ({said}): "
+                    "give elastic.rdzv.client_cert and client_key, signed by the CA etcd "
+                    "trusts (its --trusted-ca-file)")
+        return (f"etcd at {where} refused this node's client certificate "
+                f"({said}): give elastic.rdzv.client_cert and client_key "
+                "signed by the CA etcd trusts (its --trusted-ca-file)")
+    return None
+
+
+def _short(err) -> str:
+    code, message = _answer(err)
+    if code is not None:
+        return message
+    text = message or str(err) or type(err).__name__
+    for known in ("Connection refused", "timed out", "No route to host", "Name or service not "
+                  "known", "Connection reset by peer", "Connection aborted"):
+        if known in text:
+            return known
+    return text if len(text) < 160 else text[:160] + "..."
