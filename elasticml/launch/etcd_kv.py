@@ -15,10 +15,11 @@ nodes and old generations deleted), so a lease would only add a keep-alive per n
 second, server-side notion of liveness that could disagree with the first.
 
 A connection knows every member of the cluster and uses one at a time; a member that does
-not answer (killed, cut off, without a leader for longer than a request may take) is left
-for the next, so losing etcd's leader or any minority of members costs a node one slow
-request, not the job. Requests may wait up to `REQUEST_S`: longer than etcd holds a request
-while it elects a new leader, so an election is waited out rather than taken for a failure.
+not answer within `REQUEST_S` (killed, cut off, holding the request while it has no leader)
+is left for the next, so losing etcd's leader or any minority of members costs a node a few
+slow seconds, not the job. A request retried on another member may already have been
+applied by the first: that is harmless here, as every write is a put of the node's own
+value or a compare-and-set, which the protocol re-reads after whatever it returned.
 With a user, the connection logs in (`/v3/auth/authenticate`) and sends the token with each
 request; an expired token, or one a newly used member does not know, is renewed by logging
 in again. Every failure becomes `StoreUnreachable`; `EtcdRefused`, a kind of it, is etcd
@@ -39,10 +40,12 @@ from elasticml.launch.kv import StoreUnreachable
 logger = logging.getLogger(__name__)
 
 PREFIX = "/elasticml-v3"
-CONNECT_S = 3.0
-REQUEST_S = 10.0
-"""Above etcd's own limit for a request held through an election (5 s + 2 election timeouts
-with the defaults)."""
+CONNECT_S = 2.0
+REQUEST_S = 3.0
+"""How long one member may take to answer before the request goes to the next. A member
+that lost its leader, or forwarded a write to a leader that died, holds a request for up to
+etcd's own limit (5 s + 2 election timeouts); by then another member has a new leader (an
+election takes 1-2 s with etcd's defaults)."""
 MAX_TXN_OPS = 64
 """Deletes per transaction (etcd allows 128 operations in one by default)."""
 _INVALID_TOKEN = 16  # gRPC UNAUTHENTICATED: the token expired or this member does not know it
@@ -62,6 +65,9 @@ class EtcdV3KV:
 
         self.access, self.prefix, self._timeout = access, prefix.rstrip("/"), timeout
         self._session = requests.Session()
+        # The environment's proxies and CA bundle (REQUESTS_CA_BUNDLE would replace the CA
+        # given here) are not for etcd: it is reached directly, trusting only `ca_cert`.
+        self._session.trust_env = False
         if access.ca_cert:
             self._session.verify = access.ca_cert
         if access.client_cert and access.client_key:
@@ -184,6 +190,9 @@ class EtcdV3KV:
                                  json={"name": user, "password": password})
         except Etcd3Exception as err:
             code, message = _answer(err)
+            refusal = _refusal(code, message, where, self.access, self.prefix)
+            if refusal:
+                raise EtcdRefused(refusal) from None
             if code is None:
                 raise
             if "authentication failed" in message:
@@ -259,6 +268,10 @@ def _refusal(code: int | None, message: str, where: str, access: EtcdAccess,
         return (f"etcd user '{access.user}' may not read and write {prefix}/: grant its role "
                 f"readwrite on that prefix (`etcdctl role grant-permission ROLE readwrite "
                 f"--prefix=true {prefix}/`)")
+    if "CommonName of client" in message:
+        return (f"etcd at {where} refuses a client certificate with a Common Name while users "
+                "are on (its HTTP gateway cannot map it to a user): issue "
+                f"{access.source('client_cert')} with an empty CN (e.g. subject O=elasticml)")
     if "HTTP request to an HTTPS server" in message:
         return (f"etcd at {where} speaks TLS: give elastic.rdzv.ca_cert (the CA that signed its "
                 "certificate), and client_cert/client_key if it asks for them")
@@ -281,13 +294,28 @@ def _tls_refusal(err, where: str, access: EtcdAccess) -> str | None:
                     f"({reason}); give the CA that signed the etcd servers' certificates")
         return (f"etcd at {where}: its certificate is not trusted here ({reason}); give "
                 "elastic.rdzv.ca_cert, the CA that signed the etcd servers' certificates")
+    no_tls = (f"etcd at {where} does not speak TLS: remove elastic.rdzv.ca_cert and "
+              "client_cert/client_key, or serve etcd with TLS")
     if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-        return (f"etcd at {where} does not speak TLS: remove elastic.rdzv.ca_cert and "
-                "client_cert/client_key, or serve etcd with TLS")
-    if "UNEXPECTED_EOF" in text:
-        return (f"etcd at {where} closed the TLS handshake: it does not serve TLS on this port "
-                "(then remove elastic.rdzv.ca_cert) or wants a client certificate (then give "
-                "elastic.rdzv.client_cert and client_key)")
+        return no_tls
+    closed = any(s in text for s in ("UNEXPECTED_EOF", "EOF occurred in violation",
+                                     "Connection aborted", "Connection reset"))
+    if closed and access.tls:
+        speaks = _speaks_tls(where)
+        if speaks is None:
+            return None  # gone: a member down, not a certificate
+        if not speaks:
+            return no_tls
+        if not access.client_cert:
+            return (f"etcd at {where} closed the connection after the TLS handshake: it asks "
+                    "for a client certificate; give elastic.rdzv.client_cert and client_key, "
+                    "signed by the CA etcd trusts (its --trusted-ca-file)")
+        return (f"etcd at {where} closed the connection after the TLS handshake: it refused "
+                f"this node's client certificate ({access.client_cert}); give one signed by the "
+                "CA etcd trusts (its --trusted-ca-file)")
+    if closed and _speaks_tls(where) is True:
+        return (f"etcd at {where} speaks TLS: give elastic.rdzv.ca_cert (the CA that signed its "
+                "certificate), and client_cert/client_key if it asks for them")
     alert = re.search(r"(tlsv1[0-9]? alert [a-z ]+|sslv3 alert [a-z ]+)", text, re.IGNORECASE)
     said = alert.group(1).strip() if alert else ""
     if "certificate" in said.lower() or "unknown ca" in said.lower():
@@ -299,6 +327,29 @@ def _tls_refusal(err, where: str, access: EtcdAccess) -> str | None:
                 f"({said}): give elastic.rdzv.client_cert and client_key "
                 "signed by the CA etcd trusts (its --trusted-ca-file)")
     return None
+
+
+def _speaks_tls(where: str) -> bool | None:
+    """Whether the server at `where` completes a TLS handshake (certificates unchecked), None
+    when nothing answers there: tells a server without TLS from one that refuses this node's
+    certificate after the handshake, and both from a member that is down."""
+    import socket
+    import ssl
+
+    host, _, port = where.rpartition(":")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        raw = socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S)
+    except (OSError, ValueError):
+        return None
+    try:
+        with context.wrap_socket(raw):
+            return True
+    except OSError:
+        return False
+    finally:
+        raw.close()
 
 
 def _short(err) -> str:
