@@ -59,11 +59,12 @@ class EtcdRefused(StoreUnreachable):
 
 class EtcdV3KV:
     def __init__(self, access: EtcdAccess, prefix: str = PREFIX,
-                 timeout: tuple[float, float] = (CONNECT_S, REQUEST_S)) -> None:
+                 request_s: float = REQUEST_S) -> None:
         import etcd3gw
         import requests
 
-        self.access, self.prefix, self._timeout = access, prefix.rstrip("/"), timeout
+        self.access, self.prefix, self.request_s = access, prefix.rstrip("/"), request_s
+        timeout = (min(CONNECT_S, request_s), request_s)
         self._session = requests.Session()
         # The environment's proxies and CA bundle (REQUESTS_CA_BUNDLE would replace the CA
         # given here) are not for etcd: it is reached directly, trusting only `ca_cert`.
@@ -113,7 +114,7 @@ class EtcdV3KV:
         self._call(lambda client: client.delete_prefix(self._path(prefix)))
 
     def clone(self) -> EtcdV3KV:
-        return EtcdV3KV(self.access, self.prefix, self._timeout)
+        return EtcdV3KV(self.access, self.prefix, self.request_s)
 
     # --- for checks, tests and benchmarks -------------------------------------------------
 

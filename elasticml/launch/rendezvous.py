@@ -57,7 +57,8 @@ def create_handler(params):
     from torch.distributed.elastic.rendezvous import RendezvousError
 
     from elasticml.launch.handler import RoundRendezvous
-    from elasticml.launch.kv import SealedKV
+    from elasticml.launch.kv import ClockedKV, SealedKV
+    from elasticml.launch.liveness import StoreClock
     from elasticml.launch.records import Card, Terms
     from elasticml.launch.rounds import RoundNode, Timings
 
@@ -76,10 +77,14 @@ def create_handler(params):
               os.getpid())
     terms = Terms(str(params.get("training_hash", "")),
                   int(params.get("nproc_per_node", 0)), f"{params.min_nodes}:{params.max_nodes}")
+    # The protocol's clock stands still while the store does not answer (an etcd election):
+    # no node is taken for lost, and no wait runs out, for want of a store.
+    clock = StoreClock(grace=timings.beat_interval / 2)
     try:
-        node = RoundNode(SealedKV(kv, key), params.run_id, terms, me, params.min_nodes,
-                         params.max_nodes, timings, free_port=lambda: free_port(addr),
-                         beat_kv=SealedKV(beat_kv, key))
+        node = RoundNode(SealedKV(ClockedKV(kv, clock), key), params.run_id, terms, me,
+                         params.min_nodes, params.max_nodes, timings, clock=clock,
+                         free_port=lambda: free_port(addr),
+                         beat_kv=SealedKV(ClockedKV(beat_kv, clock), key))
     except ValueError as err:
         raise RendezvousError(str(err)) from None
     if params.get("fault") == "die_in_rendezvous":
@@ -140,7 +145,10 @@ def _storage(params):
         from elasticml.launch.kvstore import KVStore
 
         kv = EtcdV3KV(_etcd_access(params, v3=True))
-        return kv, kv.clone(), KVStore(kv.clone(), timeout), False
+        # Beats give up on a member sooner, so that one held by a member without a leader
+        # is written through another well within the others' node_timeout.
+        beats = EtcdV3KV(kv.access, request_s=_seconds(params, "node_timeout", 3.0) / 3)
+        return kv, beats, KVStore(kv.clone(), timeout), False
     from elasticml.launch.store import c10d_store
 
     host, port = _host_port(params.endpoint)
