@@ -24,17 +24,25 @@ def _b64(text: str) -> str:
 
 
 class EtcdServer:
-    """One member on 127.0.0.1, plain HTTP, v3 API only."""
+    """One member on 127.0.0.1: plain HTTP and the v3 API only, unless asked for the v2 API
+    too or for client TLS (clients then need a certificate of `tls`)."""
 
-    def __init__(self, binary: str, folder: Path) -> None:
+    def __init__(self, binary: str, folder: Path, v2: bool = False,
+                 tls: Authority | None = None) -> None:
         client, peer = free_port(), free_port()
         self.endpoint = f"127.0.0.1:{client}"
+        scheme = "https" if tls else "http"
+        extra = ["--enable-v2"] if v2 else []
+        if tls:
+            server = tls.server("server", ["127.0.0.1"])
+            extra += ["--cert-file", str(server.cert), "--key-file", str(server.key),
+                      "--client-cert-auth", "--trusted-ca-file", str(tls.cert)]
         self.job = Job([binary, "--name", "one", "--data-dir", str(folder / "data"),
-                        "--listen-client-urls", f"http://{self.endpoint}",
-                        "--advertise-client-urls", f"http://{self.endpoint}",
+                        "--listen-client-urls", f"{scheme}://{self.endpoint}",
+                        "--advertise-client-urls", f"{scheme}://{self.endpoint}",
                         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                        "--initial-cluster", f"one=http://127.0.0.1:{peer}"],
+                        "--initial-cluster", f"one=http://127.0.0.1:{peer}", *extra],
                        folder / "etcd.log", env=dict(ENV))
         wait_for(lambda: "ready to serve client requests" in self.job.output(), 60,
                  "etcd to start")

@@ -19,6 +19,8 @@ from elasticml.launch.kv import StoreUnreachable
 from elasticml.launch.kvstore import KVStore
 from elasticml.launch.rendezvous import create_handler
 from tests.integration.cluster import free_port
+from tests.integration.etcd import EtcdServer
+from tests.pki import Authority
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]
 
@@ -193,3 +195,25 @@ def test_the_store_for_torch_over_etcd(etcd_v3):
     assert prefixed.get("k") == b"v" and prefixed.check(["k"])
     assert prefixed.compare_set("c", "", "first") == b"first"
     assert prefixed.compare_set("c", "other", "x") == b"first"
+
+
+def test_etcd_v2_with_tls_still_serves_existing_setups(etcd_binary, tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTICML_JOB_KEY", KEY)
+    ca = Authority(tmp_path / "pki", "v2")
+    client = ca.client("node")
+    server = EtcdServer(etcd_binary, tmp_path / "etcd", v2=True, tls=ca)
+    try:
+        conf = {"ca_cert": str(ca.cert), "ssl_cert": str(client.cert),
+                "ssl_cert_key": str(client.key)}
+        params = _params(server.endpoint, **conf)
+        params.backend, params.min_nodes, params.max_nodes = "elasticml-etcd-v2", 1, 1
+        handler = create_handler(params)
+        assert handler.next_rendezvous().world_size == 1
+        handler.shutdown()
+        stranger = Authority(tmp_path / "other", "other")
+        params = _params(server.endpoint, **{**conf, "ca_cert": str(stranger.cert)})
+        params.backend = "elasticml-etcd-v2"
+        with pytest.raises(RendezvousError, match="certificate is not signed by the CA"):
+            create_handler(params)
+    finally:
+        server.stop()
