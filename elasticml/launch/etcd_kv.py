@@ -194,8 +194,6 @@ class EtcdV3KV:
             refusal = _refusal(code, message, where, self.access, self.prefix)
             if refusal:
                 raise EtcdRefused(refusal) from None
-            if code is None:
-                raise
             if "authentication failed" in message:
                 raise EtcdRefused(f"etcd at {where} refused user '{user}': wrong password or "
                                   f"no such user (the password is from "
@@ -204,8 +202,7 @@ class EtcdV3KV:
                 raise EtcdRefused(f"etcd at {where} has authentication off, so user '{user}' "
                                   "cannot log in: turn it on (`etcdctl auth enable`) or remove "
                                   f"{self.access.source('user')}") from None
-            raise EtcdRefused(f"etcd at {where} refused to log in user '{user}': "
-                              f"{message}") from None
+            raise  # no leader, a timeout: the next member, or a later try
         self._session.headers["Authorization"] = answer["token"]
         self._logged_in = True
 

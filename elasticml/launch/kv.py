@@ -8,7 +8,8 @@ from. The same protocol then runs over:
 
 * `TCPStoreKV` - torch's c10d `TCPStore` (hosted by an agent or `elasticml rendezvous serve`);
 * `EtcdV2KV`  - etcd's v2 API through the `python-etcd` client torch's etcd backend uses;
-* `MemoryKV`  - a dict, for the model-based tests of the protocol.
+* `MemoryKV`  - a dict, for the model-based tests of the protocol;
+* `etcd_kv.EtcdV3KV` - etcd's v3 API (its own module: members, TLS and users).
 
 `SealedKV` wraps any of them so that values carry an HMAC under the job key (`jobkey.py`):
 a value written without the key reads as missing. `ClockedKV` tells the clock that judges

@@ -109,6 +109,12 @@ def _access(endpoint, password=None, **conf):
     return access_from_conf(endpoint, conf.get, environ=env)
 
 
+def test_a_user_for_an_etcd_without_users_is_named(etcd_v3):
+    with pytest.raises(EtcdAccessError, match="has authentication off, so user 'eml' cannot "
+                                              "log in"):
+        check_access(_access(etcd_v3.endpoint, "pw", user="eml"))
+
+
 def test_a_user_logs_in_and_a_renewed_token_is_used(with_users):
     kv = EtcdV3KV(_access(with_users.endpoint, "s3cret-pw", user="eml"))
     kv.set("/elasticml/x", b"1")
