@@ -147,3 +147,22 @@ def test_an_unreadable_certificate_is_refused_before_launching(tmp_path, monkeyp
 def test_a_list_of_loopback_members_is_private_and_any_other_is_not():
     assert is_private("127.0.0.1:2379,localhost:2380")
     assert not is_private("127.0.0.1:2379,10.0.0.2:2379")
+
+
+def test_exports_carry_the_etcd_members_and_refuse_a_loopback_one():
+    import yaml
+
+    members = "10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"
+    made = CliRunner().invoke(app, ["export", "kubernetes", str(DIGITS), "--image", "eml",
+                                    "--nnodes", "1:3", "--rdzv-backend", "etcd",
+                                    "--rdzv-endpoint", members])
+    assert made.exit_code == 0, made.output
+    job = [doc for doc in yaml.safe_load_all(made.output) if doc["kind"] == "PyTorchJob"][0]
+    policy = job["spec"]["elasticPolicy"]
+    assert (policy["rdzvBackend"], policy["rdzvHost"], policy["rdzvPort"]) == (
+        "elasticml-etcd", "10.0.0.1", 2379)
+    refused = CliRunner().invoke(app, ["export", "slurm", str(DIGITS), "--nnodes", "1:3",
+                                       "--rdzv-backend", "etcd", "--rdzv-endpoint",
+                                       "10.0.0.1:2379,127.0.0.1:2379"])
+    assert isinstance(refused.exception, UserError)
+    assert "'127.0.0.1:2379' is a loopback address" in str(refused.exception)
