@@ -11,7 +11,7 @@ recipe's `elastic.rdzv.*` fields) or, where that leaves it out, from the environ
     elastic.rdzv.user           user            ELASTICML_ETCD_USER
     elastic.rdzv.password_file  password_file   ELASTICML_ETCD_PASSWORD (the password itself)
 
-The TLS keys are those of torch's own etcd backends, so one `--rdzv-conf` serves both. TLS
+The TLS keys are those of torch's own `etcd-v2` backend, so one `--rdzv-conf` serves both. TLS
 (https) is on when a CA or a client certificate is given. The password is the one secret:
 it is taken from `ELASTICML_ETCD_PASSWORD`, else from the first line of the password file,
 only when a connection logs in; it is never part of a plan, a message or a log line.
@@ -131,10 +131,6 @@ class EtcdAccess:
             except EtcdAccessError as err:
                 return str(err)
         return None
-
-    def describe(self) -> str:
-        """The endpoints as a user wrote them."""
-        return ",".join(f"{host}:{port}" for host, port in self.endpoints)
 
 
 def _no_password() -> bytes:

@@ -175,7 +175,7 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
 
 ETCD_CONF = {"ca_cert": "ca_cert", "client_cert": "ssl_cert", "client_key": "ssl_cert_key",
              "user": "user", "password_file": "password_file"}
-"""Recipe field -> rdzv-conf key for etcd (the TLS keys are torch's own etcd backends')."""
+"""Recipe field -> rdzv-conf key for etcd (the TLS keys are torch's `etcd-v2` backend's)."""
 
 
 def _path(value: str) -> str:
