@@ -30,11 +30,16 @@ permissions), with a message that says what to fix.
 from __future__ import annotations
 
 import base64
-import json
 import logging
-import re
 
-from elasticml.launch.etcd_access import ENV_PASSWORD, EtcdAccess, EtcdAccessError
+from elasticml.launch.etcd_access import EtcdAccess, EtcdAccessError
+from elasticml.launch.etcd_refusals import (
+    answer,
+    login_refusal,
+    refusal_of,
+    short,
+    tls_refusal,
+)
 from elasticml.launch.kv import StoreUnreachable
 
 logger = logging.getLogger(__name__)
@@ -49,7 +54,6 @@ election takes 1-2 s with etcd's defaults)."""
 MAX_TXN_OPS = 64
 """Deletes per transaction (etcd allows 128 operations in one by default)."""
 _INVALID_TOKEN = 16  # gRPC UNAUTHENTICATED: the token expired or this member does not know it
-_PERMISSION_DENIED = 7
 
 
 class EtcdRefused(StoreUnreachable):
@@ -153,8 +157,8 @@ class EtcdV3KV:
             except EtcdRefused:
                 raise
             except (Etcd3Exception, RequestException, OSError, ValueError, KeyError) as err:
-                refusal = refusal or _tls_refusal(err, where, self.access)
-                troubles.append(f"{where}: {_short(err)}")
+                refusal = refusal or tls_refusal(err, where, self.access)
+                troubles.append(f"{where}: {short(err)}")
                 self._at = (self._at + 1) % len(self._clients)
         if refusal:
             raise EtcdRefused(refusal)
@@ -168,11 +172,11 @@ class EtcdV3KV:
         try:
             return operation(client)
         except Etcd3Exception as err:
-            code, message = _answer(err)
+            code, message = answer(err)
             if code == _INVALID_TOKEN and self.access.user:
                 self._log_in(client)
                 return operation(client)
-            refusal = _refusal(code, message, _where(client), self.access, self.prefix)
+            refusal = refusal_of(code, message, _where(client), self.access, self.prefix)
             if refusal:
                 raise EtcdRefused(refusal) from None
             raise
@@ -187,23 +191,18 @@ class EtcdV3KV:
             raise EtcdRefused(str(err)) from None
         self._session.headers.pop("Authorization", None)
         try:
-            answer = client.post(client.get_url("/auth/authenticate"),
-                                 json={"name": user, "password": password})
+            reply = client.post(client.get_url("/auth/authenticate"),
+                                json={"name": user, "password": password})
         except Etcd3Exception as err:
-            code, message = _answer(err)
-            refusal = _refusal(code, message, where, self.access, self.prefix)
+            code, message = answer(err)
+            refusal = refusal_of(code, message, where, self.access, self.prefix)
             if refusal:
                 raise EtcdRefused(refusal) from None
-            if "authentication failed" in message:
-                raise EtcdRefused(f"etcd at {where} refused user '{user}': wrong password or "
-                                  f"no such user (the password is from "
-                                  f"{self.access.password_source()})") from None
-            if "not enabled" in message:
-                raise EtcdRefused(f"etcd at {where} has authentication off, so user '{user}' "
-                                  "cannot log in: turn it on (`etcdctl auth enable`) or remove "
-                                  f"{self.access.source('user')}") from None
+            refusal = login_refusal(message, where, self.access)
+            if refusal:
+                raise EtcdRefused(refusal) from None
             raise  # no leader, a timeout: the next member, or a later try
-        self._session.headers["Authorization"] = answer["token"]
+        self._session.headers["Authorization"] = reply["token"]
         self._logged_in = True
 
 
@@ -232,10 +231,10 @@ def _version(client):
     """The server's version (any etcd answers it; TLS problems show here as elsewhere)."""
     from etcd3gw.exceptions import Etcd3Exception
 
-    answer = client.session.get(client.base_url + "/version", timeout=client.timeout)
-    if answer.status_code != 200:
-        raise Etcd3Exception(answer.text, answer.reason)
-    return answer.json()
+    reply = client.session.get(client.base_url + "/version", timeout=client.timeout)
+    if reply.status_code != 200:
+        raise Etcd3Exception(reply.text, reply.reason)
+    return reply.json()
 
 
 def _b64(data: str | bytes) -> str:
@@ -244,119 +243,3 @@ def _b64(data: str | bytes) -> str:
 
 def _where(client) -> str:
     return f"{client.host}:{client.port}"
-
-
-def _answer(err) -> tuple[int | None, str]:
-    """(gRPC code, message) of an error etcd answered with; (None, text) for other answers."""
-    text = getattr(err, "detail_text", None) or ""
-    try:
-        data = json.loads(text)
-        return int(data.get("code")), str(data.get("error") or data.get("message") or "")
-    except (ValueError, TypeError, AttributeError):
-        return None, text.strip()
-
-
-def _refusal(code: int | None, message: str, where: str, access: EtcdAccess,
-             prefix: str) -> str | None:
-    """The one-line fix for an answer that says etcd will not serve this node; None else."""
-    if "user name is empty" in message:
-        return (f"etcd at {where} requires a user: set elastic.rdzv.user and the password in "
-                f"{ENV_PASSWORD} or elastic.rdzv.password_file")
-    if code == _PERMISSION_DENIED:
-        return (f"etcd user '{access.user}' may not read and write {prefix}/: grant its role "
-                f"readwrite on that prefix (`etcdctl role grant-permission ROLE readwrite "
-                f"--prefix=true {prefix}/`)")
-    if "CommonName of client" in message:
-        return (f"etcd at {where} refuses a client certificate with a Common Name while users "
-                "are on (its HTTP gateway cannot map it to a user): issue "
-                f"{access.source('client_cert')} with an empty CN (e.g. subject O=elasticml)")
-    if "HTTP request to an HTTPS server" in message:
-        return (f"etcd at {where} speaks TLS: give elastic.rdzv.ca_cert (the CA that signed its "
-                "certificate), and client_cert/client_key if it asks for them")
-    return None
-
-
-_VERIFY = re.compile(r"certificate verify failed: ([^(]*)", re.IGNORECASE)
-
-
-def _tls_refusal(err, where: str, access: EtcdAccess) -> str | None:
-    """The one-line fix for a TLS handshake that failed because of a certificate; None when
-    the failure is something else (a member down)."""
-    text = f"{err} {getattr(err, 'detail_text', None) or ''}"
-    verify = _VERIFY.search(text)
-    if verify:
-        reason = verify.group(1).strip()
-        if access.ca_cert:
-            return (f"etcd at {where}: its certificate is not signed by the CA in "
-                    f"{access.source('ca_cert')} ({access.ca_cert}) or does not name that host "
-                    f"({reason}); give the CA that signed the etcd servers' certificates")
-        return (f"etcd at {where}: its certificate is not trusted here ({reason}); give "
-                "elastic.rdzv.ca_cert, the CA that signed the etcd servers' certificates")
-    no_tls = (f"etcd at {where} does not speak TLS: remove elastic.rdzv.ca_cert and "
-              "client_cert/client_key, or serve etcd with TLS")
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-        return no_tls
-    closed = any(s in text for s in ("UNEXPECTED_EOF", "EOF occurred in violation",
-                                     "Connection aborted", "Connection reset"))
-    if closed and access.tls:
-        speaks = _speaks_tls(where)
-        if speaks is None:
-            return None  # gone: a member down, not a certificate
-        if not speaks:
-            return no_tls
-        if not access.client_cert:
-            return (f"etcd at {where} closed the connection after the TLS handshake: it asks "
-                    "for a client certificate; give elastic.rdzv.client_cert and client_key, "
-                    "signed by the CA etcd trusts (its --trusted-ca-file)")
-        return (f"etcd at {where} closed the connection after the TLS handshake: it refused "
-                f"this node's client certificate ({access.client_cert}); give one signed by the "
-                "CA etcd trusts (its --trusted-ca-file)")
-    if closed and _speaks_tls(where) is True:
-        return (f"etcd at {where} speaks TLS: give elastic.rdzv.ca_cert (the CA that signed its "
-                "certificate), and client_cert/client_key if it asks for them")
-    alert = re.search(r"(tlsv1[0-9]? alert [a-z ]+|sslv3 alert [a-z ]+)", text, re.IGNORECASE)
-    said = alert.group(1).strip() if alert else ""
-    if "certificate" in said.lower() or "unknown ca" in said.lower():
-        if not access.client_cert:
-            return (f"etcd at {where} asks for a client certificate ({said}): "
-                    "give elastic.rdzv.client_cert and client_key, signed by the CA etcd "
-                    "trusts (its --trusted-ca-file)")
-        return (f"etcd at {where} refused this node's client certificate "
-                f"({said}): give elastic.rdzv.client_cert and client_key "
-                "signed by the CA etcd trusts (its --trusted-ca-file)")
-    return None
-
-
-def _speaks_tls(where: str) -> bool | None:
-    """Whether the server at `where` completes a TLS handshake (certificates unchecked), None
-    when nothing answers there: tells a server without TLS from one that refuses this node's
-    certificate after the handshake, and both from a member that is down."""
-    import socket
-    import ssl
-
-    host, _, port = where.rpartition(":")
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    try:
-        raw = socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_S)
-    except (OSError, ValueError):
-        return None
-    try:
-        with context.wrap_socket(raw):
-            return True
-    except OSError:
-        return False
-    finally:
-        raw.close()
-
-
-def _short(err) -> str:
-    code, message = _answer(err)
-    if code is not None:
-        return message
-    text = message or str(err) or type(err).__name__
-    for known in ("Connection refused", "timed out", "No route to host", "Name or service not "
-                  "known", "Connection reset by peer", "Connection aborted"):
-        if known in text:
-            return known
-    return text if len(text) < 160 else text[:160] + "..."
