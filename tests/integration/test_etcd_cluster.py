@@ -58,6 +58,10 @@ def test_losing_etcds_leader_loses_no_step_and_strangers_are_refused(cluster, et
         assert not of_kind(since, "membership") and not of_kind(since, "restart"), \
             "the etcd election took nobody for lost: training never paused"
 
+        written = [f for f in nodes.run_root(node).rglob("*") if f.is_file()]
+        assert written and not any(PASSWORD.encode() in f.read_bytes() for f in written), \
+            "the etcd password is nowhere in the run dir"
+
     before = etcd_cluster.snapshot()
     assert any(key.endswith("/closed") for key in before[1]), "the job's keys are there"
     stranger = Authority(tmp_path / "stranger", "stranger")
