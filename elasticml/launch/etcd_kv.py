@@ -10,9 +10,10 @@ five operations of `kv.KV`:
 * `delete` is one transaction of deletes; `delete_prefix` one delete of a key range.
 Keys live under `/elasticml-v3/` (`/elasticml-v3/elasticml/<run id>/...`), the prefix to grant
 a role on. No leases: liveness is judged from beat counters on each node's own clock
-(`liveness.py`) and the protocol bounds its keys itself (a ring of rounds, beats of departed
-nodes and old generations deleted), so a lease would only add a keep-alive per node and a
-second, server-side notion of liveness that could disagree with the first.
+(`liveness.py`; it stands still while the store does not answer) and the protocol bounds its
+keys itself (a ring of rounds, beats of departed nodes and old generations deleted), so a
+lease would only add a keep-alive per node and a second, server-side notion of liveness that
+could disagree with the first.
 
 A connection knows every member of the cluster and uses one at a time; a member that does
 not answer within `REQUEST_S` (killed, cut off, holding the request while it has no leader)
@@ -24,7 +25,7 @@ With a user, the connection logs in (`/v3/auth/authenticate`) and sends the toke
 request; an expired token, or one a newly used member does not know, is renewed by logging
 in again. Every failure becomes `StoreUnreachable`; `EtcdRefused`, a kind of it, is etcd
 answering that it will not serve this node as configured (certificates, user, password,
-permissions), with a message that says what to fix.
+permissions), with a message that says what to fix (`etcd_refusals.py`).
 """
 
 from __future__ import annotations
