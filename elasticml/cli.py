@@ -34,7 +34,8 @@ RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled r
 Nnodes = Annotated[str | None, typer.Option(help="Nodes as N or MIN:MAX.")]
 NprocPerNode = Annotated[int | None, typer.Option(help="Workers per node.")]
 RdzvEndpoint = Annotated[str | None, typer.Option(help="Rendezvous HOST:PORT.")]
-RdzvBackend = Annotated[str | None, typer.Option(help="c10d or etcd-v2.")]
+RdzvBackend = Annotated[str | None, typer.Option(
+    help="c10d, etcd (etcd's v3 API; production) or etcd-v2.")]
 RunId = Annotated[str | None, typer.Option(help="Run id (same on every node).")]
 RunDirFlag = Annotated[str | None, typer.Option("--run-dir", help="Run root directory.")]
 MaxRestarts = Annotated[int | None, typer.Option(help="Worker-group restarts.")]

@@ -72,6 +72,10 @@ def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:
     if not is_private(plan.rdzv_endpoint):
         lines.append("# every node needs the same job key in ELASTICML_JOB_KEY (not shown) or "
                      "elastic.rdzv.job_key_file")
+    if recipe.elastic.rdzv.user:
+        lines.append("# and the etcd password of user "
+                     f"'{recipe.elastic.rdzv.user}' in ELASTICML_ETCD_PASSWORD (not shown) or "
+                     "elastic.rdzv.password_file")
     lines.append(plan.torchrun_command())
     return "\n".join(lines)
 
@@ -82,6 +86,7 @@ def train(request: TrainRequest) -> int:
         print(dry_run_text(recipe, plan))
         return 0
     _require_job_key(recipe, plan)
+    _check_etcd_access(plan)
     run_dir = RunDir(plan.run_dir).create()
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
@@ -159,6 +164,22 @@ def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
     if not path.is_file() or path.read_text() != text:
         write_atomically(path, text.encode())
     return path
+
+
+def _check_etcd_access(plan: LaunchPlan) -> None:
+    """An etcd rendezvous this node cannot use (unreadable certificate files, a CA that did
+    not sign the servers' certificates, a wrong password) is refused before anything runs."""
+    backend = plan.rdzv_backend.removeprefix("elasticml-")
+    if backend not in ("etcd", "etcd-v2"):
+        return
+    from elasticml.launch.etcd_access import EtcdAccessError, access_from_conf
+    from elasticml.launch.etcd_kv import check_access
+
+    try:
+        check_access(access_from_conf(plan.rdzv_endpoint, plan.rdzv_configs.get),
+                     v3=backend == "etcd")
+    except EtcdAccessError as err:
+        raise UserError(str(err)) from None
 
 
 class _Follower(threading.Thread):

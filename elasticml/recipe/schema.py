@@ -293,9 +293,13 @@ class TrainerConfig:
 @dataclass
 class RendezvousConfig:
     backend: str = "c10d"
-    """c10d (store in an agent or a standalone store) | etcd-v2 (a real etcd server)."""
+    """c10d (store in an agent or a standalone store) | etcd (an etcd cluster, its v3 API:
+    etcd 3.4 and later; for production) | etcd-v2 (etcd's v2 API, up to etcd 3.5 with
+    `--enable-v2`)."""
     endpoint: str = ""
-    """host:port of the store or etcd; empty = a private store on this machine (one node)."""
+    """host:port of the store or etcd; empty = a private store on this machine (one node).
+    etcd: every member, comma-separated (`h1:2379,h2:2379,h3:2379`), so a node moves on to
+    another when one does not answer."""
     join_timeout: float = 600.0
     """Give up when the minimum number of nodes has not joined within this many seconds."""
     last_call: float = 0.5
@@ -318,6 +322,22 @@ class RendezvousConfig:
     standalone_store: bool = False
     """c10d only: the store at `endpoint` is served by `elasticml rendezvous serve` (or another
     process), never by an agent, so losing any training node leaves the rendezvous intact."""
+    ca_cert: str | None = None
+    """etcd: the CA certificate (PEM file) that signed the etcd servers' certificates; turns
+    on TLS (https). Default: $ELASTICML_ETCD_CA_CERT."""
+    client_cert: str | None = None
+    """etcd: this node's client certificate (PEM file), for an etcd that checks clients
+    (`--client-cert-auth`). Default: $ELASTICML_ETCD_CLIENT_CERT."""
+    client_key: str | None = None
+    """etcd: the unencrypted private key of `client_cert` (PEM file, readable by this user
+    only). Default: $ELASTICML_ETCD_CLIENT_KEY."""
+    user: str | None = None
+    """etcd (v3) with authentication on: the etcd user to log in as. Default:
+    $ELASTICML_ETCD_USER. Its password comes from $ELASTICML_ETCD_PASSWORD or
+    `password_file`, never from the recipe."""
+    password_file: str | None = None
+    """etcd: file whose first line is `user`'s password (used when $ELASTICML_ETCD_PASSWORD
+    is not set); never printed or written into the run dir."""
     job_key_file: str | None = None
     """File whose first line is the job key every node shares (or set `ELASTICML_JOB_KEY`):
     rendezvous values and the training state broadcast are signed with it, so a process
