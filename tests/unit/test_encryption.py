@@ -1,6 +1,8 @@
 """Encrypted checkpoints: AES-GCM in segments, authenticated, and a key that is never shown."""
 
 import base64
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from elasticml.train.encryption import (
     read_checkpoint_key,
 )
 from elasticml.train.recovery import open_state, pack_state
+from tests.helpers import this_checkout_env
 
 TEXT = base64.b64encode(bytes(range(32))).decode()
 KEY = parse_key(TEXT, "test")
@@ -166,3 +169,35 @@ def test_an_encrypted_file_holds_the_plain_file_inside(tmp_path):
     path.write_bytes(ON.seal(plain))
     assert decrypt(KEY, path.read_bytes(), "x") == plain
     assert read_checkpoint(path, ON)["step"] == 7
+
+
+def train(tmp_path, *args: str, key: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in this_checkout_env().items() if k != ENV}
+    if key is not None:
+        env[ENV] = key
+    return subprocess.run([sys.executable, "-m", "elasticml", "train", "digits",
+                           "--run-dir", str(tmp_path / "runs"), *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("key, found", [(None, "no checkpoint key: set " + ENV),
+                                        ("c2hvcnQ=", "decodes to 5 bytes")],
+                         ids=["missing", "malformed"])
+def test_a_launch_with_encryption_and_no_good_key_is_one_line_before_anything(tmp_path, key,
+                                                                              found):
+    result = train(tmp_path, "trainer.encrypt_checkpoints=true", key=key)
+    assert result.returncode == 2 and found in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists(), "nothing started, nothing written"
+    assert (key or "\0") not in result.stderr
+
+
+def test_the_dry_run_names_the_key_but_never_shows_it(tmp_path):
+    key_file = tmp_path / "ckpt.key"
+    key_file.write_text(TEXT + "\n")
+    result = train(tmp_path, "trainer.encrypt_checkpoints=true", "--dry-run",
+                   f"trainer.checkpoint_key_file={key_file}", key=TEXT)
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint key in ELASTICML_CHECKPOINT_KEY (not shown)" in result.stdout
+    assert f"checkpoint_key_file: {key_file}" in result.stdout
+    assert TEXT not in result.stdout + result.stderr
