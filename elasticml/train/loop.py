@@ -187,6 +187,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "best": self.validation.best,
             "early_stopping": self.validation.early_stopping.state_dict(),
+            "validated_step": self.validation.validated_step,
             "recipe": recipe_to_dict(self.recipe),
             "training_hash": self.training_hash,
             "training_hash_scheme": HASH_SCHEME,
@@ -203,6 +204,7 @@ class Trainer:
             self.own_schedule.load_state_dict(state["scheduler"])
         self.step, self.validation.best = int(state["step"]), state.get("best")
         self.validation.early_stopping.load_state_dict(state.get("early_stopping"))
+        self.validation.validated_step = state.get("validated_step")
         if getattr(self, "batches", None) is not None:
             self._open_batches()
 
@@ -226,6 +228,8 @@ class Trainer:
         trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
         self.total_steps = self.horizon.total_steps(self.step, self.sampler.samples_seen,
                                                     self.plan.global_batch)
+        if self.validation.missed(self.step, trainer.eval_every):
+            self.validate(counts=True)
         while not (self.horizon.done(self.step, self.sampler.samples_seen)
                    or self.validation.early_stopping.stopped):
             self.stop.check()

@@ -5,7 +5,10 @@ ranks, so every rank sees the same numbers; `agreed` makes sure of the ones that
 something (a rank whose value differs is warned about and the largest is used). From them
 every rank tracks the best (`best.pt`) and the early-stopping count (`early_stop.py`)
 identically, and both are part of the training state, so whichever rank's state wins the next
-agreement carries them, whatever the world size.
+agreement carries them, whatever the world size. So does the step of the last validation
+taken during training (`validated_step`): a state saved at a validation step before its
+validation ran (a stop or a failure in the middle of it) is validated first when training
+resumes (`missed`), so no validation goes uncounted.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Validation:
         self.early_stopping = EarlyStopping(
             watched, stop.patience, stop.min_delta,
             higher_is_better(stop.mode, watched, task.main_metric, task.higher_is_better))
+        self.validated_step: int | None = 0
         self.rank, self.world_size, self.emit, self.warn = rank, world_size, emit, warn
         self.device = device if device.type == "cuda" else torch.device("cpu")
 
@@ -43,6 +47,8 @@ class Validation:
         counted = counts and self.early_stopping.on
         if counted:
             self._count(metrics, value, step)
+        if counts:
+            self.validated_step = step
         if self.rank == 0:
             progress = {"early_stopping": self.early_stopping.progress()} if counted else {}
             self.emit("eval", step=step, split="val", metrics=metrics, **progress)
@@ -71,6 +77,12 @@ class Validation:
         decided = stop.update(value, step)
         if self.agreed(float(decided), "the early-stopping decision", step) and not decided:
             stop.stale = stop.patience
+
+    def missed(self, step: int, every: int) -> bool:
+        """Whether the validation of `step` is due and was not taken (see the module doc); a
+        state without `validated_step` (an older elasticml's) is taken as validated."""
+        return bool(every) and step > 0 and step % every == 0 and \
+            self.validated_step is not None and self.validated_step < step
 
     def agree_best(self, on_disk: dict | None) -> None:
         """Fold in the best that some node's `best.pt` holds (at a restart)."""

@@ -110,3 +110,22 @@ def test_checkpoints_are_encrypted_and_read_back(solo, monkeypatch):  # noqa: F8
     assert recipe_cipher(again.recipe).key.raw == parse_key(text, "").raw
     assert not any(text in path.read_text(errors="replace")
                    for path in trainer.run_dir.path.rglob("*") if path.is_file())
+
+
+def test_a_state_saved_before_its_validation_ran_is_validated_first(solo):  # noqa: F811
+    """A stop in the middle of the validation of step 4 saves the state of step 4; training
+    resumes with that validation, so the count misses none."""
+    before = solo(*STOP)
+    scripted(before, [0.5])
+    steps(before, 2)
+    before.validate(counts=True)
+    steps(before, 2)
+    saved = before.state()  # step 4: its validation never ran
+    assert saved["validated_step"] == 2
+
+    after = solo(*STOP, "trainer.max_steps=4")
+    after.load_state(saved)
+    scripted(after, [0.4])
+    after.train()
+    counts = [(e["step"], e["early_stopping"]["stale"]) for e in events(after, "eval")]
+    assert counts == [(2, 0), (4, 1)]
