@@ -29,8 +29,10 @@ from pathlib import Path
 from elasticml.errors import UserError
 from elasticml.train.checkpoint import (
     BEST,
+    BEST_RECORD,
     CheckpointManager,
     CorruptCheckpoint,
+    fingerprint,
     read_bytes,
     verified,
     write_atomically,
@@ -99,7 +101,8 @@ def convert(request: Conversion) -> int:
     with lock:
         for path in files:
             try:
-                plain = verified(read_bytes(path), str(path), reader)
+                original = read_bytes(path)
+                plain = verified(original, str(path), reader)
             except CorruptCheckpoint as err:
                 if len(files) == 1:
                     raise UserError(str(err)) from None
@@ -109,7 +112,7 @@ def convert(request: Conversion) -> int:
             out = destination / path.name if destination.is_dir() else destination
             write_atomically(out, blob)
             if path.name == BEST and out.name == BEST:
-                _carry_best_record(folder, out.parent, blob)
+                _carry_best_record(folder, original, out.parent, blob)
     done = len(files) - len(skipped)
     where = "in place" if request.in_place else f"into {destination}"
     verb = "encrypted" if request.encrypt else "decrypted"
@@ -163,15 +166,19 @@ def _check_key(path: Path, reader: Cipher) -> None:
                                  f"{reader.key.where}")
 
 
-def _carry_best_record(folder: Path, out_folder: Path, blob: bytes) -> None:
-    """`best.json` beside the written `best.pt`, naming its new bytes."""
+def _carry_best_record(folder: Path, original: bytes, out_folder: Path, blob: bytes) -> None:
+    """`best.json` beside the written `best.pt`, naming its new bytes, when the record named
+    the original ones (a stale record is not carried: a reader then reads best.pt itself)."""
     import json
 
+    name, value = fingerprint(original[:8], original[-64:])
     try:
-        best = json.loads((folder / "best.json").read_text()).get("best")
+        record = json.loads((folder / BEST_RECORD).read_text())
+        if record.get(name) != value:
+            return
     except (OSError, ValueError, AttributeError):
-        return  # no record: a reader falls back to best.pt itself
-    write_best_record(out_folder, best, blob)
+        return
+    write_best_record(out_folder, record.get("best"), blob)
 
 
 def _run_recipe_key(target: Path) -> CheckpointKey | None:

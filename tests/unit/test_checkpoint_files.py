@@ -83,6 +83,13 @@ def test_in_place_then_eval_with_the_key_and_one_line_without_it(tmp_path):
     assert json.loads(done.stdout)["step"] == 10
     assert invoke("eval", run / "checkpoints" / "best.pt", "--json", env={ENV: KEY}).exit_code == 0
 
+    parallel = invoke("eval", run / "checkpoints" / "best.pt", "--json", "--nproc", "2",
+                      "--key-file", key)
+    assert parallel.exit_code == 0, parallel.output
+    single = invoke("eval", run / "checkpoints" / "best.pt", "--json", "--key-file", key)
+    assert json.loads(parallel.stdout)["metrics"]["confusion_matrix"] == \
+        json.loads(single.stdout)["metrics"]["confusion_matrix"], "each process opened the file"
+
     one_error_line(invoke("eval", run), "step-10.pt is encrypted and no checkpoint key was given")
     one_error_line(invoke("eval", run, env={ENV: NEW_KEY}),
                    f"step-10.pt is encrypted with another key than the one in ${ENV}")
