@@ -70,7 +70,8 @@ def decode(blob: bytes, source: str = "checkpoint", cipher: Cipher = PLAIN) -> d
     import torch
 
     try:
-        return torch.load(io.BytesIO(blob[:-TRAILER]), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(memoryview(blob)[:-TRAILER]), map_location="cpu",
+                          weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CorruptCheckpoint(f"{source}: cannot be read ({type(err).__name__})") from None
 
@@ -80,7 +81,7 @@ def verified(blob: bytes, source: str = "checkpoint", cipher: Cipher = PLAIN) ->
     blob = cipher.open(blob, source)
     if len(blob) < TRAILER or blob[-TRAILER:-64] != MAGIC:
         raise CorruptCheckpoint(f"{source}: not an elasticml checkpoint (or truncated)")
-    payload, digest = blob[:-TRAILER], blob[-64:].decode(errors="replace")
+    payload, digest = memoryview(blob)[:-TRAILER], blob[-64:].decode(errors="replace")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CorruptCheckpoint(f"{source}: checksum mismatch (file is corrupt or truncated)")
     return blob

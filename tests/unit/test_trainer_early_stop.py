@@ -129,3 +129,22 @@ def test_a_state_saved_before_its_validation_ran_is_validated_first(solo):  # no
     after.train()
     counts = [(e["step"], e["early_stopping"]["stale"]) for e in events(after, "eval")]
     assert counts == [(2, 0), (4, 1)]
+
+
+def test_a_tampered_encrypted_checkpoint_falls_back_with_a_warning_event(solo, monkeypatch):  # noqa: F811
+    monkeypatch.setenv(ENV, base64.b64encode(b"\x05" * 32).decode())
+    trainer = solo("trainer.encrypt_checkpoints=true", "trainer.async_checkpoint=false")
+    for _ in range(2):
+        steps(trainer, 3)
+        trainer.save("periodic")
+    newest = trainer.checkpoints.path_for(6)
+    blob = bytearray(newest.read_bytes())
+    blob[-100] ^= 0x01
+    newest.write_bytes(bytes(blob))
+
+    again = solo("trainer.encrypt_checkpoints=true")
+    assert again.step == 3
+    [warning] = events(again, "warning")
+    assert "step-6.pt: encrypted, but does not authenticate" in warning["message"]
+    [resumed] = [e for e in events(again, "resume") if e["step"] == 3]
+    assert resumed["source"] == "checkpoint"
