@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:
         lines.append("# and the etcd password of user "
                      f"'{recipe.elastic.rdzv.user}' in ELASTICML_ETCD_PASSWORD (not shown) or "
                      "elastic.rdzv.password_file")
+    if recipe.trainer.encrypt_checkpoints:
+        lines.append("# checkpoints are encrypted: every node needs the same checkpoint key in "
+                     "ELASTICML_CHECKPOINT_KEY (not shown) or trainer.checkpoint_key_file")
     lines.append(plan.torchrun_command())
     return "\n".join(lines)
 
@@ -87,11 +92,17 @@ def train(request: TrainRequest) -> int:
         return 0
     _require_job_key(recipe, plan)
     _check_etcd_access(plan)
+    _pass_checkpoint_key(recipe)
     run_dir = RunDir(plan.run_dir).create()
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
         print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
+        return 0
+    stopped = _stopped_early(run_dir, recipe)
+    if stopped:
+        print(f"run {plan.run_id} already {stopped} ({run_dir.path}); pass --run-id NEW to "
+              "start another, or raise trainer.early_stopping.patience to train on")
         return 0
     plan = plan.pinned(pin_recipe(run_dir, recipe))
 
@@ -150,6 +161,17 @@ def _require_job_key(recipe: Recipe, plan: LaunchPlan) -> None:
             f"job needs a key: set {ENV} to the same secret on every node (e.g. `export "
             f"{ENV}=$(python3 -c 'import secrets; print(secrets.token_hex(32))')`), or "
             "elastic.rdzv.job_key_file")
+
+
+def _pass_checkpoint_key(recipe: Recipe) -> None:
+    """With `trainer.encrypt_checkpoints`, the key must be there and well formed before
+    anything starts. The workers get it through the environment they inherit, never on a
+    command line or in the plan (a key read from `trainer.checkpoint_key_file` too)."""
+    from elasticml.train.encryption import ENV, recipe_cipher
+
+    cipher = recipe_cipher(recipe)
+    if cipher.key is not None:
+        os.environ[ENV] = base64.b64encode(cipher.key.raw).decode()
 
 
 def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
@@ -233,6 +255,19 @@ def _finished_step(run_dir: RunDir) -> int | None:
         return None
 
 
+def _stopped_early(run_dir: RunDir, recipe: Recipe) -> str | None:
+    """"stopped early at step N: ..." when the run's last launch stopped early and the recipe
+    would stop it again at once (same metric, patience not raised)."""
+    try:
+        stopped = json.loads((run_dir.reports / "final.json").read_text())["stopped_early"]
+        metric, stale, message = stopped["metric"], stopped["stale"], stopped["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    wanted = recipe.trainer.early_stopping
+    same = (wanted.metric or recipe.trainer.best_metric or metric) == metric
+    return message if same and 0 < wanted.patience <= stale else None
+
+
 def _final_summary(run_dir: RunDir) -> str:
     try:
         report = json.loads((run_dir.reports / "final.json").read_text())
@@ -240,4 +275,8 @@ def _final_summary(run_dir: RunDir) -> str:
         return ""
     test = {k: v for k, v in report.get("test", {}).items() if isinstance(v, float | int)}
     shown = ", ".join(f"test {k} {v:.4f}" for k, v in list(test.items())[:3])
+    stopped = report.get("stopped_early")
+    if isinstance(stopped, dict):
+        shown += (f" (of best.pt, step {report.get('weights_step')}); "
+                  f"{stopped.get('message', 'stopped early')}")
     return f", step {report.get('step')}" + (f", {shown}" if shown else "")

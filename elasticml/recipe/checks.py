@@ -19,6 +19,7 @@ CHOICES = {
     "trainer.batch_policy": ("fixed", "linear"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.precision": ("fp32", "bf16"),
+    "trainer.early_stopping.mode": ("auto", "max", "min"),
     "elastic.rdzv.backend": ("c10d", "etcd", "etcd-v2"),
 }
 
@@ -98,6 +99,7 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
     _positive(problems, "trainer.keep_checkpoints", t.keep_checkpoints)
     _positive(problems, "trainer.log_every", t.log_every)
     _positive(problems, "trainer.threads", t.threads)
+    problems += _check_early_stopping(recipe) + _check_key_file(recipe)
     if not is_component(recipe.optimizer):
         _positive(problems, "optimizer.lr", recipe.optimizer.lr)
         _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay,
@@ -115,6 +117,29 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
         if not 0 <= recipe.schedule.min_lr_ratio <= 1:
             problems.append(("schedule.min_lr_ratio", "must be between 0 and 1"))
     return problems
+
+
+def _check_early_stopping(recipe: Recipe) -> list[Problem]:
+    stop, problems = recipe.trainer.early_stopping, []
+    _positive(problems, "trainer.early_stopping.patience", stop.patience, allow_zero=True)
+    _positive(problems, "trainer.early_stopping.min_delta", stop.min_delta, allow_zero=True)
+    if stop.patience and not recipe.trainer.eval_every:
+        problems.append(("trainer.early_stopping.patience", "early stopping counts "
+                         "validations, and trainer.eval_every is 0 (only at the end): set "
+                         "trainer.eval_every"))
+    if stop.metric and recipe.own_data and stop.metric != "loss" and \
+            stop.metric not in recipe.metrics:
+        problems.append(("trainer.early_stopping.metric", f"'{stop.metric}' is not loss or one "
+                         f"of metrics ({', '.join(recipe.metrics) or 'none'})"))
+    return problems
+
+
+def _check_key_file(recipe: Recipe) -> list[Problem]:
+    """The key file must exist; its content is checked (never shown) when the job starts."""
+    name = recipe.trainer.checkpoint_key_file
+    if name and not recipe_path(recipe, name).is_file():
+        return [("trainer.checkpoint_key_file", f"no such file: {recipe_path(recipe, name)}")]
+    return []
 
 
 def _check_elastic(recipe: Recipe) -> list[Problem]:

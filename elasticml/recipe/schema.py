@@ -252,6 +252,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop training once validation stops improving (checked at every `trainer.eval_every`);
+    the run ends as completed, and its final reports score the `best` checkpoint's model."""
+
+    patience: int = 0
+    """Validations in a row without improvement after which training stops (0 = off)."""
+    min_delta: float = 0.0
+    """An improvement must beat the best value counted so far by more than this."""
+    metric: str | None = None
+    """Validation metric watched; default: `trainer.best_metric`, i.e. the task's main metric
+    unless the recipe names another."""
+    mode: str = "auto"
+    """auto | max | min: whether higher is better; auto: lower for a metric named loss, the
+    task's own direction for its main metric, higher for any other."""
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int | None = None
     """Optimizer steps to train; exactly one of `max_steps` and `epochs` is set."""
@@ -285,6 +302,15 @@ class TrainerConfig:
     """Intra-op threads per worker; default: CPU cores / local workers."""
     best_metric: str | None = None
     """Validation metric that picks the `best` checkpoint; default: the task's main metric."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    encrypt_checkpoints: bool = False
+    """Encrypt every checkpoint file and the training state the ranks exchange (AES-256-GCM)
+    with the key in `ELASTICML_CHECKPOINT_KEY` or `checkpoint_key_file`; a file that does not
+    authenticate is skipped like a corrupt one."""
+    checkpoint_key_file: str | None = None
+    """File whose first line is the checkpoint key, 32 random bytes in base64 (`openssl rand
+    -base64 32`), relative to the recipe's folder; `ELASTICML_CHECKPOINT_KEY` wins. Only the
+    path is kept: the key is never printed or written anywhere."""
 
 
 # --- elasticity --------------------------------------------------------------------------

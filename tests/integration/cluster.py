@@ -25,6 +25,7 @@ from elasticml.telemetry.events import read_events
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
 USER_CODE = Path(__file__).with_name("user_code.py")
+OVERFIT = Path(__file__).with_name("overfit.yaml")
 
 
 TEST_JOB_KEY = "elasticml-tests-" + "5" * 48
@@ -60,6 +61,23 @@ def with_model(folder: Path, model: dict, **sections) -> Path:
     shutil.copy(USER_CODE, folder / USER_CODE.name)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def overfit_recipe(folder: Path) -> Path:
+    """overfit.yaml in `folder`, beside its data: noisy.npz, 300 rows of four Gaussian blobs
+    in 8 dimensions, 30% of them relabelled at random."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 1.5
+    labels = rng.integers(0, 4, 300)
+    features = centres[labels] + rng.normal(size=(300, 8))
+    labels = np.where(rng.random(300) < 0.3, rng.integers(0, 4, 300), labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "noisy.npz", x=features.astype("float32"), y=labels.astype("int64"))
+    path = folder / "overfit.yaml"
+    path.write_text(OVERFIT.read_text())
     return path
 
 
