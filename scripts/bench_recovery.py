@@ -58,7 +58,10 @@ def torchrun_args(*args: str, conf: str = STOCK_CONF) -> list[str]:
 
     dry = Job([*train_command(*args), "--dry-run"], Path(tempfile.mkdtemp()) / "dry.log")
     dry.wait(60)
-    words = shlex.split(dry.output().strip().splitlines()[-1])
+    line = next((x for x in dry.output().splitlines() if " torchrun " in f" {x} "), None)
+    if line is None:
+        raise SystemExit(f"no torchrun line in the dry run:\n{dry.output()[-2000:]}")
+    words = shlex.split(line)
     words = words[words.index("torchrun"):]
     words = [w.replace("--rdzv-backend=elasticml-c10d", "--rdzv-backend=c10d") for w in words]
     words = [f"--rdzv-conf={conf}" if w.startswith("--rdzv-conf=") else w for w in words]
