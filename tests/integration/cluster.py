@@ -9,9 +9,9 @@ of network namespaces joined by a bridge, each with its own 10.x address.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -204,6 +204,22 @@ def netns_available() -> str | None:
     return None if made.returncode == 0 else f"`ip netns add` failed: {made.stderr.decode()}"
 
 
+_clusters = itertools.count()
+
+
+def _free_tag() -> str:
+    """A name part no namespace or link here uses yet: unique within this process by a
+    counter (a random pick collided within one suite), and checked against what the kernel
+    still holds, since a deleted namespace's links go away asynchronously."""
+    for _ in range(100):
+        tag = f"{os.getpid() % 10000:04d}{next(_clusters) % 100:02d}"
+        taken = [p for p in (*Path("/run/netns").glob(f"eml{tag}n*"),
+                             *Path("/sys/class/net").glob(f"em*{tag}*"))]
+        if not taken:
+            return tag
+    raise RuntimeError("no free network namespace name left for this test process")
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
@@ -214,9 +230,9 @@ class Cluster:
     IFNAME = "eml0"
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}{random.randrange(100):02d}"
+        tag = _free_tag()
         self.tag = tag
-        self.subnet = f"10.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
+        self.subnet = f"10.{100 + int(tag[-2:])}.{os.getpid() % 250 + 1}"
         self.bridge = f"embr{tag}"
         self.host_addr = f"{self.subnet}.254"
         self.nodes: dict[str, str] = {}
