@@ -27,6 +27,9 @@ app.add_typer(rendezvous_app, name="rendezvous")
 export_app = typer.Typer(help="Launch files that run a recipe elastically under a scheduler.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
+checkpoints_app = typer.Typer(help="Encrypt or decrypt a run's checkpoint files.",
+                              no_args_is_help=True)
+app.add_typer(checkpoints_app, name="checkpoints")
 
 Overrides = Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. "
                                                             "trainer.max_steps=200")]
@@ -34,10 +37,14 @@ RecipeArg = Annotated[str, typer.Argument(help="Recipe YAML file, or a bundled r
 Nnodes = Annotated[str | None, typer.Option(help="Nodes as N or MIN:MAX.")]
 NprocPerNode = Annotated[int | None, typer.Option(help="Workers per node.")]
 RdzvEndpoint = Annotated[str | None, typer.Option(help="Rendezvous HOST:PORT.")]
-RdzvBackend = Annotated[str | None, typer.Option(help="c10d or etcd-v2.")]
+RdzvBackend = Annotated[str | None, typer.Option(
+    help="c10d, etcd (etcd's v3 API; production) or etcd-v2.")]
 RunId = Annotated[str | None, typer.Option(help="Run id (same on every node).")]
 RunDirFlag = Annotated[str | None, typer.Option("--run-dir", help="Run root directory.")]
 MaxRestarts = Annotated[int | None, typer.Option(help="Worker-group restarts.")]
+KeyFile = Annotated[str | None, typer.Option(
+    help="File whose first line is the checkpoint key [default: $ELASTICML_CHECKPOINT_KEY, "
+         "else the run recipe's trainer.checkpoint_key_file].")]
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
@@ -83,13 +90,14 @@ def eval_checkpoint(
         "--trust-code", help="Import the code the checkpoint's recipe names (_target_ modules "
                              "outside elasticml, torch and torchmetrics), from the folder it "
                              "was trained from and PYTHONPATH.")] = False,
+    key_file: KeyFile = None,
 ) -> None:
     """Score a checkpoint on a held-out split with the recipe stored inside it."""
     from elasticml.evaluate.command import EvalRequest, run_eval
 
     try:
         code = run_eval(EvalRequest(checkpoint, split, overrides or [], as_json, nproc,
-                                    trust_code))
+                                    trust_code, key_file))
     except UserError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(err.exit_code) from None
@@ -254,6 +262,54 @@ def export_kubernetes(
                               rdzv_endpoint=rdzv_endpoint, rdzv_backend=rdzv_backend,
                               run_id=run_id, run_dir=run_dir, max_restarts=max_restarts)
     write_output(render(request, image, cpu, hpa_cpu_utilization), output)
+
+
+CheckpointTarget = Annotated[str, typer.Argument(help="A checkpoint file, a run directory or "
+                                                      "a checkpoints folder.")]
+ConvertOutput = Annotated[str | None, typer.Option(
+    "--output", "-o", help="Write here (a file, or a folder for several files); the "
+                           "originals stay as they are.")]
+InPlace = Annotated[bool, typer.Option("--in-place", help="Replace the files themselves.")]
+
+
+@checkpoints_app.command("encrypt")
+def checkpoints_encrypt(
+    target: CheckpointTarget,
+    output: ConvertOutput = None,
+    in_place: InPlace = False,
+    key_file: KeyFile = None,
+    from_key_file: Annotated[str | None, typer.Option(
+        help="The key already-encrypted files are encrypted with now, to re-encrypt them "
+             "under --key-file [default: the key found as for --key-file].")] = None,
+) -> None:
+    """Encrypt (or re-encrypt under another key) a run's checkpoints, atomically."""
+    from elasticml.checkpoint_files import Conversion
+
+    raise typer.Exit(_converted(Conversion(target, True, output, in_place, key_file,
+                                           from_key_file)))
+
+
+@checkpoints_app.command("decrypt")
+def checkpoints_decrypt(
+    target: CheckpointTarget,
+    output: ConvertOutput = None,
+    in_place: InPlace = False,
+    key_file: KeyFile = None,
+) -> None:
+    """Write a run's encrypted checkpoints as plain files (for export), atomically."""
+    from elasticml.checkpoint_files import Conversion
+
+    raise typer.Exit(_converted(Conversion(target, False, output, in_place, key_file)))
+
+
+def _converted(request) -> int:
+    from elasticml.checkpoint_files import convert
+
+    try:
+        return convert(request)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        return err.exit_code
 
 
 def main() -> None:

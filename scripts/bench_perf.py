@@ -1,6 +1,7 @@
 """What elasticml costs when nothing fails, against the strongest plain alternative, in one run.
 
     python scripts/bench_perf.py [--recipe recipes/sequence.yaml] [--repeats 3] [--json out.json]
+                                 [--only checkpoints]
 
 Every figure is taken for elasticml and for its baseline in alternation (A B A B ...), so a
 machine whose speed drifts affects both, and is reported as elasticml / baseline with the
@@ -10,7 +11,9 @@ minimum, median and maximum over the repeats:
   hand-written DDP loop of the same task, model, data and batch) under `torchrun --standalone`;
 * launch -> first training step: one node, and `--nnodes 1:2` with only one node coming, vs
   `torchrun --standalone` running the baseline;
-* checkpoint stall per save (time the loop is blocked), asynchronous vs synchronous writes;
+* checkpoint stall per save (time the loop is blocked), asynchronous vs synchronous writes,
+  and asynchronous with `trainer.encrypt_checkpoints` vs without (the stall, and the write
+  the background thread does: serialise, encrypt, fsync, rename);
 * CLI responsiveness: `elasticml --help`, `train --dry-run` and `report` on a 100k-step run
   (absolute seconds, interpreter start included);
 * scaling: samples/s with 1 and 2 workers on this machine.
@@ -19,6 +22,7 @@ minimum, median and maximum over the repeats:
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -52,12 +56,13 @@ def free_port() -> int:
 
 
 def elasticml_run(recipe: str, work: Path, run_id: str, *overrides: str,
-                  flags: tuple[str, ...] = ()) -> tuple[float, Path]:
+                  flags: tuple[str, ...] = (), env: dict | None = None) -> tuple[float, Path]:
     """Run `elasticml train`; returns the launch time and the run directory."""
     started = time.time()
     subprocess.run([PYTHON, "-m", "elasticml", "train", recipe, "-q", "--run-id", run_id,
                     "--run-dir", str(work / "runs"), *flags, *overrides],
-                   check=True, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   check=True, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, **(env or {})})
     return started, work / "runs" / run_id
 
 
@@ -83,9 +88,54 @@ def first_step_s(run: Path, started: float) -> float:
     return min(e["t"] for e in events(run) if e["kind"] == "step") - started
 
 
-def stalls(run: Path) -> list[float]:
-    return [e["seconds"] for e in events(run)
+def stalls(run: Path, field: str = "stall_s") -> list[float]:
+    return [e[field] for e in events(run)
             if e["kind"] == "checkpoint" and e.get("reason") == "periodic"]
+
+
+def checkpoint_figures(recipe: str, work: Path, repeat: int, batch: int, common: list[str],
+                       add) -> None:
+    """Stall and write time per periodic save: async vs sync, encrypted vs plain (async)."""
+    key = {"ELASTICML_CHECKPOINT_KEY": base64.b64encode(os.urandom(32)).decode()}
+    measured = {}
+    for mode in ("async", "sync", "async-encrypted"):
+        _, run = elasticml_run(recipe, work, f"ckpt-{mode}{repeat}", *common,
+                               "trainer.checkpoint_every=10",
+                               f"trainer.async_checkpoint={mode != 'sync'}",
+                               f"trainer.encrypt_checkpoints={mode.endswith('encrypted')}",
+                               "trainer.max_steps=60", env=key)
+        step_s = batch / steady_samples_per_s(run, 10, 60, batch)
+        measured[mode] = (statistics.median(stalls(run)),
+                          statistics.median(stalls(run, "write_s")), step_s)
+    for mode in ("async", "sync"):
+        stall, _, step_s = measured[mode]
+        add(f"checkpoint stall (s), {mode}", stall, None)
+        add(f"checkpoint stall / step time, {mode}", stall / step_s, None)
+    stall, write, step_s = measured["async-encrypted"]
+    add("checkpoint stall (s), async, encrypted vs plain", stall, measured["async"][0])
+    add("checkpoint stall / step time, async, encrypted", stall / step_s, None)
+    add("checkpoint write in the background (s), encrypted vs plain", write,
+        measured["async"][1])
+    plain_s, sealed_s = serialise_seconds(256)
+    add("serialise a 256 MB state (s), encrypted vs plain", sealed_s, plain_s)
+
+
+def serialise_seconds(megabytes: int) -> tuple[float, float]:
+    """(plain, encrypted) seconds `checkpoint.encode` takes for a state of that size: what the
+    background writer does before the write itself, for a model larger than the recipe's."""
+    import torch
+
+    from elasticml.train.checkpoint import encode
+    from elasticml.train.encryption import Cipher, parse_key
+
+    cipher = Cipher(parse_key(base64.b64encode(os.urandom(32)).decode(), "bench"), True, "")
+    state = {"model": {f"w{i}": torch.randn(megabytes * 2**20 // 4 // 16) for i in range(16)}}
+    timings = []
+    for chosen in (None, cipher):
+        started = time.perf_counter()
+        encode(state, chosen) if chosen else encode(state)
+        timings.append(time.perf_counter() - started)
+    return timings[0], timings[1]
 
 
 def timed(command: list[str], work: Path) -> float:
@@ -119,6 +169,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--only", choices=("checkpoints",),
+                        help="measure only these figures (each still against its baseline)")
     args = parser.parse_args()
 
     from elasticml.recipe.load import load_recipe
@@ -137,10 +189,13 @@ def main() -> None:
             row["ratio"].append(ours / theirs)
 
     work = Path(tempfile.mkdtemp(prefix="elasticml-bench-"))
-    long_run = synthetic_long_run(work)
+    long_run = synthetic_long_run(work) if args.only is None else None
     try:
         for repeat in range(args.repeats):
             print(f"repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
+            if args.only == "checkpoints":
+                checkpoint_figures(args.recipe, work, repeat, batch, quiet[2:], add)
+                continue
             base_start, base = baseline_run(args.recipe, work, 2, args.steps, args.warmup)
             ours_start, run = elasticml_run(args.recipe, work, f"tput{repeat}", *quiet)
             add("samples/s, 2 workers", steady_samples_per_s(run, args.warmup, args.steps, batch),
@@ -156,15 +211,7 @@ def main() -> None:
             add("launch -> first step (s), --nnodes 1:2", first_step_s(run, ours_start),
                 base_first)
 
-            for mode in ("async", "sync"):
-                _, run = elasticml_run(args.recipe, work, f"ckpt-{mode}{repeat}",
-                                       *quiet[2:], "trainer.checkpoint_every=10",
-                                       f"trainer.async_checkpoint={mode == 'async'}",
-                                       "trainer.max_steps=60")
-                step_s = batch / steady_samples_per_s(run, 10, 60, batch)
-                add(f"checkpoint stall (s), {mode}", statistics.median(stalls(run)), None)
-                add(f"checkpoint stall / step time, {mode}", statistics.median(stalls(run)) /
-                    step_s, None)
+            checkpoint_figures(args.recipe, work, repeat, batch, quiet[2:], add)
 
             _, run = elasticml_run(args.recipe, work, f"one{repeat}", *quiet[:4],
                                    "elastic.nproc_per_node=1")

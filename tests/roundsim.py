@@ -13,9 +13,10 @@ import contextlib
 import itertools
 from dataclasses import dataclass, field
 
+from elasticml.launch.generations import JobFinished, Refused
 from elasticml.launch.kv import MemoryKV, SealedKV
 from elasticml.launch.records import Card, Terms
-from elasticml.launch.rounds import JobFinished, Membership, Refused, RoundNode, Timings
+from elasticml.launch.rounds import Membership, RoundNode, Timings
 
 KEY = b"k" * 32
 TERMS = Terms("hash", 1, "1:2", "steps:200")

@@ -168,3 +168,33 @@ def crash_and_join_run(root: Path, run_id: str = "story") -> SynthRun:
     run.generation(nodes=1).train(30).checkpoint()
     run.membership_restart().generation(nodes=2).train(40).evaluate()
     return run.finish()
+
+
+def stopped_early_run(root: Path, run_id: str = "patient") -> SynthRun:
+    """Validations every 10 steps, the best at step 20, then three without improvement: early
+    stopping ends the run at step 50 and its final metrics are those of step 20's model."""
+    run = SynthRun(root, run_id).write_recipe().launch().generation(nodes=1)
+    best, best_step = None, None
+    for stale_after, accuracy in ((0, 0.90), (0, 0.95), (1, 0.94), (2, 0.95), (3, 0.93)):
+        run.train(10)
+        if stale_after == 0:
+            best, best_step = accuracy, run.step
+        run.worker_event(0, "eval", step=run.step, split="val", metrics={"accuracy": accuracy},
+                         early_stopping={"metric": "accuracy", "best_value": best,
+                                         "best_step": best_step, "stale": stale_after,
+                                         "patience": 3})
+    message = ("stopped early at step 50: val accuracy did not improve by 0.01 for 3 "
+               "evaluations")
+    run.worker_event(0, "early_stop", step=50, metric="accuracy", mode="max", min_delta=0.01,
+                     patience=3, best_value=0.95, best_step=20, message=message)
+    metrics = {"val": {"accuracy": 0.95}, "test": {"accuracy": 0.94}}
+    run.evaluate("test", accuracy=0.94)
+    run.worker_event(0, "done", step=50, metrics=metrics, reason="early_stop", weights_step=20)
+    (run.path / "reports").mkdir(exist_ok=True)
+    (run.path / "reports" / "final.json").write_text(json.dumps(
+        {"step": 50, "best": {"metric": "accuracy", "value": 0.95, "step": 20},
+         "weights_step": 20, "stopped_early": {"metric": "accuracy", "message": message,
+                                               "stale": 3, "patience": 3},
+         **metrics}))
+    run.wait(0.5).agent_event("agent_done", status="succeeded", seconds=run.t - T0, failures={})
+    return run.close()

@@ -11,8 +11,13 @@ split in N processes, each on its shard; torchmetrics combines their metric stat
 numbers are those of a single process.
 
 Every input the user can get wrong (missing, truncated or foreign file, a run without
-checkpoints, an unknown task, a model override) is a `UserError`: one line, exit status 2.
-Those checks come before torch is imported, so they answer at once.
+checkpoints, an unknown task, a model override, an encrypted checkpoint without its key or with
+another key) is a `UserError`: one line, exit status 2. Those checks come before torch is
+imported, so they answer at once.
+
+An encrypted checkpoint (`trainer.encrypt_checkpoints`) is opened with the key from
+`--key-file`, `$ELASTICML_CHECKPOINT_KEY`, or the `trainer.checkpoint_key_file` of the run's
+recipe (`checkpoint_files.cipher_for`).
 
 Loading a checkpoint runs no code the user did not choose. The recipe inside may name
 components (`_target_`); without `--trust-code` eval builds only elasticml's own datasets and
@@ -33,6 +38,7 @@ from pathlib import Path
 from elasticml.errors import UserError
 from elasticml.recipe.schema import Recipe
 from elasticml.rundir import RunDir
+from elasticml.train.encryption import Cipher
 
 SPLITS = ("val", "test", "train")
 
@@ -46,6 +52,8 @@ class EvalRequest:
     nproc: int = 1
     trust_code: bool = False
     """Import the code the checkpoint's recipe names (the user said so)."""
+    key_file: str | None = None
+    """File holding the key of an encrypted checkpoint."""
 
 
 @dataclass
@@ -55,6 +63,8 @@ class Source:
     path: Path
     state: dict
     run_dir: RunDir | None
+    cipher: Cipher | None = None
+    """What opened the file (an encrypted one is opened again by `--nproc` processes)."""
 
     @property
     def step(self) -> int:
@@ -79,11 +89,12 @@ def run_eval(request: EvalRequest) -> int:
         raise UserError(f"--split: '{request.split}' is not one of {', '.join(SPLITS)}")
     if request.nproc < 1:
         raise UserError(f"--nproc: must be >= 1, got {request.nproc}")
-    source = resolve_checkpoint(request.checkpoint)
+    source = resolve_checkpoint(request.checkpoint, request.key_file)
     recipe = stored_recipe(source, request.overrides)
     if not request.trust_code:
         refuse_foreign_code(recipe, source.path)
-    metrics = score(source, recipe, request.split, request.nproc, request.trust_code)
+    metrics = score(source, recipe, request.split, request.nproc, request.trust_code,
+                    source.cipher)
     result = EvalResult(str(source.path), source.step, request.split, metrics)
 
     from elasticml.evaluate.output import print_table, write_report, write_tensorboard
@@ -104,19 +115,21 @@ def run_eval(request: EvalRequest) -> int:
 # --- finding and reading the checkpoint --------------------------------------------------
 
 
-def resolve_checkpoint(target: str) -> Source:
+def resolve_checkpoint(target: str, key_file: str | None = None) -> Source:
     """A checkpoint file, or a run directory's newest checkpoint that reads back intact."""
+    from elasticml.checkpoint_files import cipher_for
     from elasticml.train.checkpoint import CheckpointManager, CorruptCheckpoint, read_checkpoint
 
     path = Path(target).expanduser()
     if not path.exists():
         raise UserError(f"checkpoint not found: {target}")
+    cipher = cipher_for(path, key_file)
     if path.is_dir():
         run = RunDir(path.resolve())
         folder = run.checkpoints if run.checkpoints.is_dir() else path
         with warnings.catch_warnings(record=True) as skipped:
             warnings.simplefilter("always")
-            newest = CheckpointManager(folder).newest()
+            newest = CheckpointManager(folder, cipher=cipher).newest()
         for warning in skipped:
             _note(str(warning.message))
         if newest is None:
@@ -126,13 +139,13 @@ def resolve_checkpoint(target: str) -> Source:
         _note(f"using the newest good checkpoint of {target}: {path.name} (step {step})")
     else:
         try:
-            state = read_checkpoint(path)
+            state = read_checkpoint(path, cipher)
         except CorruptCheckpoint as err:
             raise UserError(str(err)) from None
     if not isinstance(state, dict) or not {"model", "recipe", "step"} <= state.keys():
         raise UserError(f"{path}: not an elasticml training checkpoint (no model, recipe and "
                         "step inside)")
-    return Source(path.resolve(), state, _run_dir_of(path.resolve()))
+    return Source(path.resolve(), state, _run_dir_of(path.resolve()), cipher)
 
 
 def _run_dir_of(checkpoint: Path) -> RunDir | None:
@@ -177,14 +190,14 @@ def refuse_foreign_code(recipe: Recipe, checkpoint: Path) -> None:
 
 
 def score(source: Source, recipe: Recipe, split: str, nproc: int,
-          trust_code: bool = False) -> dict:
+          trust_code: bool = False, cipher: Cipher | None = None) -> dict:
     if nproc == 1:
         from elasticml.evaluate.scoring import score_shard
 
         return score_shard(source.state, recipe, split, trust_code=trust_code)
     from elasticml.evaluate.parallel import score_in_processes
 
-    return score_in_processes(source.path, recipe, split, nproc, trust_code)
+    return score_in_processes(source.path, recipe, split, nproc, trust_code, cipher)
 
 
 def _note(message: str) -> None:

@@ -2,7 +2,9 @@
 
 The processes form a gloo process group (nccl when each has a GPU) through a file store in a
 private temporary folder: no port to choose, nothing to clean up on another machine. Each
-process reads the checkpoint itself (it is verified again: a few milliseconds), scores its
+process reads the checkpoint itself (it is verified again: a few milliseconds; an encrypted
+one with the cipher the command opened it with, handed over the spawn pipe, never the
+command line), scores its
 contiguous shard of the split, and the task's torchmetrics objects combine their states on
 `compute`; rank 0 hands the numbers back through a JSON file (or the one-line `UserError`
 every rank met). Threads are split evenly so N processes do not oversubscribe the cores.
@@ -21,7 +23,7 @@ from elasticml.recipe.schema import Recipe
 
 
 def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int,
-                       trust_code: bool = False) -> dict:
+                       trust_code: bool = False, cipher=None) -> dict:
     import torch.multiprocessing as mp
 
     from elasticml.recipe.load import recipe_to_dict
@@ -29,7 +31,7 @@ def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int,
     with tempfile.TemporaryDirectory(prefix="elasticml-eval-") as folder:
         out = Path(folder) / "metrics.json"
         mp.start_processes(_worker, args=(nproc, str(checkpoint), recipe_to_dict(recipe), split,
-                                          folder, trust_code),
+                                          folder, trust_code, cipher),
                            nprocs=nproc, join=True, start_method="spawn")
         problem = Path(folder) / "error.txt"
         if problem.exists():
@@ -38,7 +40,7 @@ def score_in_processes(checkpoint: Path, recipe: Recipe, split: str, nproc: int,
 
 
 def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
-            folder: str, trust_code: bool) -> None:
+            folder: str, trust_code: bool, cipher) -> None:
     import torch
     import torch.distributed as dist
 
@@ -53,8 +55,8 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank,
                             world_size=world, timeout=timedelta(minutes=10))
     try:
-        metrics = score_shard(read_checkpoint(checkpoint), resolved, split, rank, world, device,
-                              trust_code)
+        state = read_checkpoint(checkpoint, cipher) if cipher else read_checkpoint(checkpoint)
+        metrics = score_shard(state, resolved, split, rank, world, device, trust_code)
         if rank == 0:
             Path(folder, "metrics.json").write_text(json.dumps(metrics))
     except UserError as err:  # every rank meets the same problem before any collective

@@ -14,8 +14,10 @@ the elastic route. What the manifests say, and why:
 * `restartPolicy: ExitCode`: a pod stopped by a signal (exit 128+, e.g. evicted) is
   recreated and rejoins; a bad recipe (exit 2) or a failed job (exit 1) is not retried.
 * The job key comes from the Secret `<name>-job-key` (`secretKeyRef`); it is never in these
-  files. The working directory is an `emptyDir`, so a restarted container finds its
-  checkpoints; a pod that is recreated gets the training state from its peers.
+  files. With `trainer.encrypt_checkpoints` (and no `trainer.checkpoint_key_file`), so does
+  the checkpoint key, from the Secret `<name>-checkpoint-key`. The working directory is an
+  `emptyDir`, so a restarted container finds its checkpoints; a pod that is recreated gets
+  the training state from its peers.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from elasticml.export.launch import (
 )
 from elasticml.jobkey import ENV as JOB_KEY_ENV
 from elasticml.recipe.schema import Recipe
+from elasticml.train.encryption import ENV as CHECKPOINT_KEY_ENV
 
 RECIPE_DIR = "/etc/elasticml"
 WORK_DIR = "/var/lib/elasticml"
@@ -119,7 +122,8 @@ def pytorch_job(launch: SchedulerLaunch, name: str, image: str, cpu: str | None,
         "command": ["elasticml", "train", f"{RECIPE_DIR}/recipe.yaml"],
         "workingDir": WORK_DIR,
         "env": [{"name": JOB_KEY_ENV, "valueFrom": {
-            "secretKeyRef": {"name": f"{name}-job-key", "key": "key"}}}],
+            "secretKeyRef": {"name": f"{name}-job-key", "key": "key"}}}, *_checkpoint_key(
+                launch.recipe, name)],
         "volumeMounts": [{"name": "recipe", "mountPath": RECIPE_DIR, "readOnly": True},
                          {"name": "work", "mountPath": WORK_DIR}],
     }
@@ -143,6 +147,13 @@ def pytorch_job(launch: SchedulerLaunch, name: str, image: str, cpu: str | None,
             }},
         },
     }
+
+
+def _checkpoint_key(recipe: Recipe, name: str) -> list[dict]:
+    if not recipe.trainer.encrypt_checkpoints or recipe.trainer.checkpoint_key_file:
+        return []
+    return [{"name": CHECKPOINT_KEY_ENV, "valueFrom": {
+        "secretKeyRef": {"name": f"{name}-checkpoint-key", "key": "key"}}}]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -90,22 +90,24 @@ def _check_schedulable(recipe: Recipe, scheduler: str) -> None:
         raise UserError(f"elastic.local_addr: '{elastic.local_addr}' names one node, but a "
                         f"{scheduler} job runs the same command on every node; remove it "
                         "(each node then announces its own host name)")
-    endpoint = elastic.rdzv.endpoint
-    if not endpoint:
+    if not elastic.rdzv.endpoint:
         return
-    host, port = split_endpoint(endpoint)
-    if _is_loopback(host):
-        raise UserError(f"elastic.rdzv.endpoint: '{endpoint}' is a loopback address the other "
-                        f"nodes of a {scheduler} job cannot reach; give an address every node "
-                        "reaches, or none to let the scheduler pick the rendezvous host")
-    if port == 0:
-        raise UserError(f"elastic.rdzv.endpoint: '{endpoint}' has port 0, which every node "
-                        "would pick differently; give a fixed port (e.g. 29400)")
+    for endpoint in elastic.rdzv.endpoint.split(","):
+        host, port = split_endpoint(endpoint)
+        if _is_loopback(host):
+            raise UserError(f"elastic.rdzv.endpoint: '{endpoint}' is a loopback address the "
+                            f"other nodes of a {scheduler} job cannot reach; give an address "
+                            "every node reaches, or none to let the scheduler pick the "
+                            "rendezvous host")
+        if port == 0:
+            raise UserError(f"elastic.rdzv.endpoint: '{endpoint}' has port 0, which every node "
+                            "would pick differently; give a fixed port (e.g. 29400)")
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` -> (host, port); the recipe checks already vouch for it."""
-    host, _, port = endpoint.rpartition(":")
+    """`host:port` or `[v6]:port` -> (host, port), of the first of a comma-separated list (etcd
+    members); the recipe checks already vouch for it."""
+    host, _, port = endpoint.split(",")[0].strip().rpartition(":")
     return host.strip("[]"), int(port)
 
 

@@ -18,6 +18,10 @@ What the script does, and why:
   the newest checkpoint in its run dir (`--open-mode=append` keeps the earlier output).
 * A fresh job key per job (`ELASTICML_JOB_KEY`, unless the submitter's environment already
   has one), exported to the tasks by `srun` and never written to a file.
+* With `trainer.encrypt_checkpoints` and no `trainer.checkpoint_key_file`, the checkpoint key
+  must come from the submitter's environment (`ELASTICML_CHECKPOINT_KEY`, exported to the
+  tasks the same way): the script stops before anything starts without it. It is never made
+  up per job, since a requeued job must read the checkpoints of the one before.
 * Node-local resources: `--exclusive` (the workers share the node's cores, as on a machine of
   their own) unless `trainer.threads` fixes the threads per worker, and one GPU per worker
   when `trainer.device` is cuda.
@@ -82,6 +86,7 @@ def sbatch_script(launch: SchedulerLaunch, python: str) -> str:
         "  ELASTICML_JOB_KEY=$(\"$python\" -c 'import secrets; print(secrets.token_hex(32))')",
         "fi",
         "export ELASTICML_JOB_KEY",
+        *_checkpoint_key_lines(recipe),
         "",
         *_endpoint_lines(launch),
         "",
@@ -99,6 +104,19 @@ def sbatch_script(launch: SchedulerLaunch, python: str) -> str:
         "  \"$python\" -m elasticml train \"$recipe\" --rdzv-endpoint \"$rdzv_endpoint\"",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _checkpoint_key_lines(recipe: Recipe) -> list[str]:
+    if not recipe.trainer.encrypt_checkpoints or recipe.trainer.checkpoint_key_file:
+        return []
+    return [
+        "if [ -z \"${ELASTICML_CHECKPOINT_KEY:-}\" ]; then  # the same for every job of the run",
+        "  echo 'error: trainer.encrypt_checkpoints is on: submit with ELASTICML_CHECKPOINT_KEY "
+        "set (or name trainer.checkpoint_key_file)' >&2",
+        "  exit 2",
+        "fi",
+        "export ELASTICML_CHECKPOINT_KEY",
+    ]
 
 
 def _node_resources(recipe: Recipe, nproc: int) -> list[str]:

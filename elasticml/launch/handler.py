@@ -38,8 +38,9 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousTimeoutError,
 )
 
+from elasticml.launch.generations import JobFinished, Refused
 from elasticml.launch.kv import StoreUnreachable
-from elasticml.launch.rounds import POLL_S, JobFinished, NoQuorum, Refused, RoundNode
+from elasticml.launch.rounds import POLL_S, NoQuorum, RoundNode
 
 logger = logging.getLogger(__name__)
 

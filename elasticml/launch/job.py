@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -73,6 +75,13 @@ def dry_run_text(recipe: Recipe, plan: LaunchPlan) -> str:
     if not is_private(plan.rdzv_endpoint):
         lines.append("# every node needs the same job key in ELASTICML_JOB_KEY (not shown) or "
                      "elastic.rdzv.job_key_file")
+    if recipe.elastic.rdzv.user:
+        lines.append("# and the etcd password of user "
+                     f"'{recipe.elastic.rdzv.user}' in ELASTICML_ETCD_PASSWORD (not shown) or "
+                     "elastic.rdzv.password_file")
+    if recipe.trainer.encrypt_checkpoints:
+        lines.append("# checkpoints are encrypted: every node needs the same checkpoint key in "
+                     "ELASTICML_CHECKPOINT_KEY (not shown) or trainer.checkpoint_key_file")
     lines.append(plan.torchrun_command())
     return "\n".join(lines)
 
@@ -83,11 +92,18 @@ def train(request: TrainRequest) -> int:
         print(dry_run_text(recipe, plan))
         return 0
     _require_job_key(recipe, plan)
+    _check_etcd_access(plan)
+    _pass_checkpoint_key(recipe)
     run_dir = RunDir(plan.run_dir).create()
     finished = _finished_step(run_dir)
     if finished is not None and recipe.trainer.max_steps and finished >= recipe.trainer.max_steps:
         print(f"run {plan.run_id} already finished at step {finished} ({run_dir.path}); "
               "pass --run-id NEW to start another, or raise trainer.max_steps to train on")
+        return 0
+    stopped = _stopped_early(run_dir, recipe)
+    if stopped:
+        print(f"run {plan.run_id} already {stopped} ({run_dir.path}); pass --run-id NEW to "
+              "start another, or raise trainer.early_stopping.patience to train on")
         return 0
     plan = plan.pinned(pin_recipe(run_dir, recipe))
     from elasticml.launch import zygote
@@ -152,6 +168,17 @@ def _require_job_key(recipe: Recipe, plan: LaunchPlan) -> None:
             "elastic.rdzv.job_key_file")
 
 
+def _pass_checkpoint_key(recipe: Recipe) -> None:
+    """With `trainer.encrypt_checkpoints`, the key must be there and well formed before
+    anything starts. The workers get it through the environment they inherit, never on a
+    command line or in the plan (a key read from `trainer.checkpoint_key_file` too)."""
+    from elasticml.train.encryption import ENV, recipe_cipher
+
+    cipher = recipe_cipher(recipe)
+    if cipher.key is not None:
+        os.environ[ENV] = base64.b64encode(cipher.key.raw).decode()
+
+
 def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
     """Write the resolved recipe into the run dir for this launch's workers to read, so that an
     edit of the user's file mid-run does not reach a restarted worker. Content-addressed
@@ -164,6 +191,22 @@ def pin_recipe(run_dir: RunDir, recipe: Recipe) -> Path:
     if not path.is_file() or path.read_text() != text:
         write_atomically(path, text.encode())
     return path
+
+
+def _check_etcd_access(plan: LaunchPlan) -> None:
+    """An etcd rendezvous this node cannot use (unreadable certificate files, a CA that did
+    not sign the servers' certificates, a wrong password) is refused before anything runs."""
+    backend = plan.rdzv_backend.removeprefix("elasticml-")
+    if backend not in ("etcd", "etcd-v2"):
+        return
+    from elasticml.launch.etcd_access import EtcdAccessError, access_from_conf
+    from elasticml.launch.etcd_kv import check_access
+
+    try:
+        check_access(access_from_conf(plan.rdzv_endpoint, plan.rdzv_configs.get),
+                     v3=backend == "etcd")
+    except EtcdAccessError as err:
+        raise UserError(str(err)) from None
 
 
 class _Follower(threading.Thread):
@@ -217,6 +260,19 @@ def _finished_step(run_dir: RunDir) -> int | None:
         return None
 
 
+def _stopped_early(run_dir: RunDir, recipe: Recipe) -> str | None:
+    """"stopped early at step N: ..." when the run's last launch stopped early and the recipe
+    would stop it again at once (same metric, patience not raised)."""
+    try:
+        stopped = json.loads((run_dir.reports / "final.json").read_text())["stopped_early"]
+        metric, stale, message = stopped["metric"], stopped["stale"], stopped["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    wanted = recipe.trainer.early_stopping
+    same = (wanted.metric or recipe.trainer.best_metric or metric) == metric
+    return message if same and 0 < wanted.patience <= stale else None
+
+
 def _final_summary(run_dir: RunDir) -> str:
     try:
         report = json.loads((run_dir.reports / "final.json").read_text())
@@ -224,4 +280,8 @@ def _final_summary(run_dir: RunDir) -> str:
         return ""
     test = {k: v for k, v in report.get("test", {}).items() if isinstance(v, float | int)}
     shown = ", ".join(f"test {k} {v:.4f}" for k, v in list(test.items())[:3])
+    stopped = report.get("stopped_early")
+    if isinstance(stopped, dict):
+        shown += (f" (of best.pt, step {report.get('weights_step')}); "
+                  f"{stopped.get('message', 'stopped early')}")
     return f", step {report.get('step')}" + (f", {shown}" if shown else "")

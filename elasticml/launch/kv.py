@@ -8,10 +8,12 @@ from. The same protocol then runs over:
 
 * `TCPStoreKV` - torch's c10d `TCPStore` (hosted by an agent or `elasticml rendezvous serve`);
 * `EtcdV2KV`  - etcd's v2 API through the `python-etcd` client torch's etcd backend uses;
-* `MemoryKV`  - a dict, for the model-based tests of the protocol.
+* `MemoryKV`  - a dict, for the model-based tests of the protocol;
+* `etcd_kv.EtcdV3KV` - etcd's v3 API (its own module: members, TLS and users).
 
 `SealedKV` wraps any of them so that values carry an HMAC under the job key (`jobkey.py`):
-a value written without the key reads as missing.
+a value written without the key reads as missing. `ClockedKV` tells the clock that judges
+beats (`liveness.StoreClock`) when the store does not answer.
 """
 
 from __future__ import annotations
@@ -236,6 +238,41 @@ class SealedKV:
 
     def clone(self) -> SealedKV:
         return SealedKV(self.inner.clone(), self._key)
+
+
+class ClockedKV:
+    """Tells a `liveness.StoreClock` when each request starts and whether it was answered."""
+
+    def __init__(self, inner: KV, clock) -> None:
+        self.inner, self.clock = inner, clock
+
+    def _timed(self, operation, *args):
+        request = self.clock.begin()
+        answered = False
+        try:
+            result = operation(*args)
+            answered = True
+            return result
+        finally:
+            self.clock.end(request, answered)
+
+    def get(self, key: str) -> bytes | None:
+        return self._timed(self.inner.get, key)
+
+    def set(self, key: str, value: bytes) -> None:
+        self._timed(self.inner.set, key, value)
+
+    def compare_and_set(self, key: str, expected: bytes | None, desired: bytes) -> bool:
+        return self._timed(self.inner.compare_and_set, key, expected, desired)
+
+    def delete(self, keys: list[str]) -> None:
+        self._timed(self.inner.delete, keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._timed(self.inner.delete_prefix, prefix)
+
+    def clone(self) -> ClockedKV:
+        return ClockedKV(self.inner.clone(), self.clock)
 
 
 class _unreachable_on_error:

@@ -8,6 +8,10 @@ wall-clock time crosses the network, so skewed clocks cannot make a live node lo
 An agent that leaves on purpose writes `left` instead of a number, so the others need not
 wait out the timeout for it.
 
+The clock is this node's monotonic clock, except that it stands still while this node gets
+no answer from the store (`StoreClock`): while etcd elects a new leader, every node's writes
+and reads wait, and a beat that could not be written must not be taken for a node's death.
+
 Beats are not how a lost node is usually noticed (its peers' collectives fail within
 milliseconds); they cover the moments when no collective is running: a node that dies while
 it joins a round or while the workers start, a whole group gone while a spare waits, and a
@@ -16,7 +20,9 @@ store left over from a job that no longer runs.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -90,3 +96,56 @@ class Liveness:
         with self._lock:
             for node_id in node_ids:
                 self._seen.pop(node_id, None)
+
+
+class StoreClock:
+    """Monotonic seconds that stand still while the store does not answer this node.
+
+    Every store request is bracketed by `begin()` and `end()` (`kv.ClockedKV` does it). The
+    clock stops once a request has waited `grace` seconds for its answer, or when one fails,
+    and runs again at the next answer, once no other request is overdue. So the time etcd takes
+    to elect a leader, or a member that holds a request until it times out, counts against no
+    node's beat: the other nodes could not write theirs either, and this node could not have
+    read them."""
+
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace, self._clock = grace, clock
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._pending: dict[int, float] = {}
+        self._paused = 0.0
+        self._stopped_since: float | None = None
+
+    def __call__(self) -> float:
+        now = self._clock()
+        with self._lock:
+            self._settle(now)
+            stopped = now - self._stopped_since if self._stopped_since is not None else 0.0
+            return now - self._paused - stopped
+
+    def begin(self) -> int:
+        request = next(self._ids)
+        with self._lock:
+            self._pending[request] = self._clock()
+        return request
+
+    def end(self, request: int, answered: bool) -> None:
+        now = self._clock()
+        with self._lock:
+            self._settle(now)
+            self._pending.pop(request, None)
+            if not answered:
+                if self._stopped_since is None:
+                    self._stopped_since = now
+            elif self._stopped_since is not None and not self._overdue(now):
+                self._paused += now - self._stopped_since
+                self._stopped_since = None
+
+    def _overdue(self, now: float) -> list[float]:
+        return [start + self.grace for start in self._pending.values()
+                if now - start >= self.grace]
+
+    def _settle(self, now: float) -> None:
+        overdue = self._overdue(now)
+        if overdue and self._stopped_since is None:
+            self._stopped_since = min(overdue)

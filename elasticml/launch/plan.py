@@ -18,14 +18,15 @@ restarted workers train when they re-read it (the `--dry-run` line, under plain 
 elasticml's own launch goes further: it pins the resolved recipe in the run dir
 (`LaunchPlan.pinned`) and its workers read that copy.
 
-Rendezvous backends are elasticml's own (`elasticml-c10d`, `elasticml-etcd-v2`), registered
-through torch's `torchrun.handlers` entry point, so `torchrun` finds them too. They run
-`launch/rounds.py`: a lost node is noticed by its peers' failed collectives (or its stopped
-beat), and a new round forms as soon as the group is back.
+Rendezvous backends are elasticml's own (`elasticml-c10d`, `elasticml-etcd`,
+`elasticml-etcd-v2`), registered through torch's `torchrun.handlers` entry point, so
+`torchrun` finds them too. They run `launch/rounds.py`: a lost node is noticed by its peers'
+failed collectives (or its stopped beat), and a new round forms as soon as the group is back.
 
-The job key (`jobkey.py`) is never part of the plan: a launch whose rendezvous other
-machines can reach needs one in the environment (`ELASTICML_JOB_KEY`) or in a file
-(`elastic.rdzv.job_key_file`, whose path alone is passed on).
+The job key (`jobkey.py`) and the etcd password are never part of the plan: a launch whose
+rendezvous other machines can reach needs a job key in the environment (`ELASTICML_JOB_KEY`)
+or in a file (`elastic.rdzv.job_key_file`, whose path alone is passed on); the etcd password
+comes from `ELASTICML_ETCD_PASSWORD` or `elastic.rdzv.password_file` (a path).
 """
 
 from __future__ import annotations
@@ -186,7 +187,11 @@ def _rdzv_configs(recipe: Recipe) -> dict[str, str]:
     if recipe.faults.die_in_rendezvous:
         configs["fault"] = "die_in_rendezvous"
     if rdzv.job_key_file:
-        configs["job_key_file"] = str(Path(rdzv.job_key_file).expanduser().resolve())
+        configs["job_key_file"] = _path(rdzv.job_key_file)
+    for field_name, conf_key in ETCD_CONF.items():
+        value = getattr(rdzv, field_name)
+        if value:
+            configs[conf_key] = value if field_name == "user" else _path(value)
     return configs
 
 
@@ -195,6 +200,15 @@ def training_length(recipe: Recipe) -> str:
     (the hash leaves the length out, so that a finished run can be trained on)."""
     trainer = recipe.trainer
     return f"steps:{trainer.max_steps}" if trainer.max_steps else f"epochs:{trainer.epochs:g}"
+
+
+ETCD_CONF = {"ca_cert": "ca_cert", "client_cert": "ssl_cert", "client_key": "ssl_cert_key",
+             "user": "user", "password_file": "password_file"}
+"""Recipe field -> rdzv-conf key for etcd (the TLS keys are torch's `etcd-v2` backend's)."""
+
+
+def _path(value: str) -> str:
+    return str(Path(value).expanduser().resolve())
 
 
 def _environment(recipe: Recipe) -> dict[str, str]:

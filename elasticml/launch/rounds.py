@@ -28,24 +28,21 @@ for, a peer already regrouping, or rounds decided without it. The first member t
 writes the round's *ending* with the reason, so that a peer whose workers then fail can
 tell a planned regroup (a join) from a failure.
 
-Generations: the store may outlive a job (a standalone store, etcd). A job that finished
-leaves `closed`; a job whose nodes all left or stopped beating is stale. Either way the next
-launch of the run id starts a new generation with clean keys, instead of failing on the
-old job's state. A generation that is alive with other terms (another recipe) or another
-job key is refused: two jobs never share rounds.
+Generations (`generations.py`): a store may outlive a job; the next launch of the run id
+starts a clean generation of its keys once the last job is over.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from elasticml.launch.generations import Generations, JobFinished
 from elasticml.launch.kv import SealedKV
 from elasticml.launch.liveness import LEFT, Liveness
-from elasticml.launch.records import Card, Ending, Keys, Round, Terms, dump
+from elasticml.launch.records import Card, Ending, Keys, Round, Terms
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +64,6 @@ class Timings:
     node_timeout: float = 3.0
     """A node whose beat has not moved for this long is lost."""
     beat_interval: float = 0.5
-
-
-class JobFinished(Exception):
-    """The job this node waited to join has finished."""
-
-
-class Refused(Exception):
-    """This node may not take part (another recipe, another job key, other terms)."""
 
 
 class NoQuorum(Exception):
@@ -141,6 +130,8 @@ class RoundNode:
         self._beat_gen: int | None = None
         self._left = False
         self._gen_checked = float("-inf")
+        self.generations = Generations(self.kv, self.keys, self.liveness, self.me, self.terms,
+                                       self.run_id, self._beat_in)
 
     # --- rendezvous -----------------------------------------------------------------------
 
@@ -151,7 +142,7 @@ class RoundNode:
         Raises `Refused` (another recipe or job key runs under this run id), `JobFinished`
         (the job closed while this node waited) and `NoQuorum` (`join_timeout` passed)."""
         if self.gen is None:
-            self._enter_step()
+            self.gen = self.generations.enter_step()
             return None
         if self._generation_moved():
             self._forsake_generation()
@@ -166,117 +157,13 @@ class RoundNode:
         if now - self._gen_checked < self.timings.node_timeout / 3:
             return False
         self._gen_checked = now
-        value = self.kv.peek(self.keys.gen)
-        return value is None or int(json.loads(value)["g"]) != self.gen
+        return self.generations.current() != self.gen
 
     def _forsake_generation(self) -> None:
         logger.warning("run %s: generation %s was replaced; joining the current one",
                        self.run_id, self.gen)
         self.gen = self.membership = self._joining = None
         self._beat_gen = None
-
-    # --- generations ----------------------------------------------------------------------
-
-    def _enter_step(self) -> bool:
-        """One step towards the generation to join; True once this node is in it."""
-        raw = self.kv.inner.get(self.keys.gen)
-        if raw is None:
-            self.kv.compare_and_set(self.keys.gen, None, dump({"g": 0}))
-            return False
-        foreign = self.kv.signed_by_other_key(self.keys.gen)
-        gen = int(json.loads(self.kv.peek(self.keys.gen))["g"])
-        if foreign:
-            verdict = self._verdict(gen, readable=False)
-            if verdict == "alive":
-                raise Refused(f"run {self.run_id!r} is running on this store under another job "
-                              "key: give every node the same ELASTICML_JOB_KEY, or use another "
-                              "--run-id")
-            if verdict == "dead":
-                self._next_generation(gen, raw)
-            return False
-        terms = self._get(self.keys.in_gen(gen, "terms"))
-        if self._get(self.keys.in_gen(gen, "closed")) is not None:
-            if terms is not None and self._same_job(json.loads(terms)):
-                raise JobFinished(f"run {self.run_id!r} already finished ({self.terms.length}); "
-                                  "raise the training length to train on, or use another "
-                                  "--run-id")
-            self._next_generation(gen, raw)
-            return False
-        if terms is None:
-            self._beat_in(gen)
-            self.kv.compare_and_set(self.keys.in_gen(gen, "terms"), None, dump(
-                {**self._terms_json(), "creator": self.me.id}))
-            return False
-        theirs = json.loads(terms)
-        creator = theirs.pop("creator", None)
-        if creator == self.me.id:
-            self.gen = gen
-            return True
-        differences = Terms(**theirs).differences(self.terms)
-        verdict = self._verdict(gen, readable=True, creator=creator)
-        if differences and verdict == "alive":
-            raise Refused(f"run {self.run_id!r} is running with other settings ("
-                          f"{'; '.join(differences)}): start every node with the same recipe, "
-                          "overrides and flags, or use another --run-id")
-        if verdict == "dead":
-            self._next_generation(gen, raw)
-            return False
-        if verdict == "alive" and not differences:
-            self.gen = gen
-            self._beat_in(gen)
-            return True
-        return False
-
-    def _verdict(self, gen: int, readable: bool, creator: str | None = None) -> str | None:
-        """alive | dead | None (not known yet) for a generation, from the beats of the nodes it
-        names. A generation that names nobody but its creator waits on the creator."""
-        known = set(self._nodes_of(gen, readable))
-        if creator:
-            known.add(creator)
-        known.discard(self.me.id)
-        if not known:
-            return "alive"
-        self.liveness.watch(known)
-        for node_id in known:
-            self.liveness.observe(node_id, self.kv.peek(self.keys.beat(gen, node_id)))
-        if any(self.liveness.proven_alive(n) for n in known):
-            return "alive"
-        if not any(self.liveness.alive(n) for n in known):
-            return "dead"
-        return None
-
-    def _nodes_of(self, gen: int, readable: bool) -> list[str]:
-        read = self._get if readable else self.kv.peek
-        latest = read(self.keys.in_gen(gen, "latest"))
-        number = int(latest) if latest else 0
-        found: list[str] = []
-        for r in (number, number + 1):
-            value = read(self.keys.round(gen, r))
-            if value:
-                found += [c["id"] for c in json.loads(value)["cards"]]
-        return found
-
-    def _next_generation(self, gen: int, raw: bytes) -> None:
-        """Replace generation `gen` (finished or stale) with a clean one; its keys go."""
-        desired = self.kv.seal(dump({"g": gen + 1}))
-        if not self.kv.inner.compare_and_set(self.keys.gen, raw, desired):
-            return
-        logger.info("run %s: generation %d is over; starting generation %d", self.run_id, gen,
-                    gen + 1)
-        known = self.liveness.watched()
-        self.kv.delete(self.keys.fixed(gen) + [self.keys.beat(gen, n) for n in known])
-        self.kv.delete_prefix(self.keys.generation(gen))
-        self.liveness.forget(known)
-
-    def _terms_json(self) -> dict:
-        return {"training_hash": self.terms.training_hash,
-                "nproc_per_node": self.terms.nproc_per_node, "nnodes": self.terms.nnodes,
-                "length": self.terms.length}
-
-    def _same_job(self, theirs: dict) -> bool:
-        """A finished generation trained the same recipe for the same length as this node."""
-        return (theirs.get("training_hash"), theirs.get("length")) == (
-            self.terms.training_hash, self.terms.length)
 
     # --- rounds ---------------------------------------------------------------------------
 

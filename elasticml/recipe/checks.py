@@ -19,7 +19,8 @@ CHOICES = {
     "trainer.batch_policy": ("fixed", "linear"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.precision": ("fp32", "bf16"),
-    "elastic.rdzv.backend": ("c10d", "etcd-v2"),
+    "trainer.early_stopping.mode": ("auto", "max", "min"),
+    "elastic.rdzv.backend": ("c10d", "etcd", "etcd-v2"),
 }
 
 _NODES = re.compile(r"^\s*(\d+)\s*(?::\s*(\d+)\s*)?$")
@@ -98,6 +99,7 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
     _positive(problems, "trainer.keep_checkpoints", t.keep_checkpoints)
     _positive(problems, "trainer.log_every", t.log_every)
     _positive(problems, "trainer.threads", t.threads)
+    problems += _check_early_stopping(recipe) + _check_key_file(recipe)
     if not is_component(recipe.optimizer):
         _positive(problems, "optimizer.lr", recipe.optimizer.lr)
         _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay,
@@ -115,6 +117,29 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
         if not 0 <= recipe.schedule.min_lr_ratio <= 1:
             problems.append(("schedule.min_lr_ratio", "must be between 0 and 1"))
     return problems
+
+
+def _check_early_stopping(recipe: Recipe) -> list[Problem]:
+    stop, problems = recipe.trainer.early_stopping, []
+    _positive(problems, "trainer.early_stopping.patience", stop.patience, allow_zero=True)
+    _positive(problems, "trainer.early_stopping.min_delta", stop.min_delta, allow_zero=True)
+    if stop.patience and not recipe.trainer.eval_every:
+        problems.append(("trainer.early_stopping.patience", "early stopping counts "
+                         "validations, and trainer.eval_every is 0 (only at the end): set "
+                         "trainer.eval_every"))
+    if stop.metric and recipe.own_data and stop.metric != "loss" and \
+            stop.metric not in recipe.metrics:
+        problems.append(("trainer.early_stopping.metric", f"'{stop.metric}' is not loss or one "
+                         f"of metrics ({', '.join(recipe.metrics) or 'none'})"))
+    return problems
+
+
+def _check_key_file(recipe: Recipe) -> list[Problem]:
+    """The key file must exist; its content is checked (never shown) when the job starts."""
+    name = recipe.trainer.checkpoint_key_file
+    if name and not recipe_path(recipe, name).is_file():
+        return [("trainer.checkpoint_key_file", f"no such file: {recipe_path(recipe, name)}")]
+    return []
 
 
 def _check_elastic(recipe: Recipe) -> list[Problem]:
@@ -136,14 +161,42 @@ def _check_elastic(recipe: Recipe) -> list[Problem]:
                          f"elastic.collective_timeout ({e.collective_timeout:g} s): a worker "
                          "stopped while it waits in a collective would be killed before it "
                          "saves; raise stop_grace or lower collective_timeout"))
-    if e.rdzv.endpoint and not re.match(r"^[^:\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
-                                        e.rdzv.endpoint):
-        problems.append(("elastic.rdzv.endpoint", f"'{e.rdzv.endpoint}' is not HOST:PORT"))
-    if e.rdzv.backend == "etcd-v2" and not e.rdzv.endpoint:
-        problems.append(("elastic.rdzv.endpoint", "etcd-v2 needs the etcd server's HOST:PORT"))
-    if e.rdzv.standalone_store and (e.rdzv.backend != "c10d" or not e.rdzv.endpoint):
+    problems += _check_rdzv(e.rdzv)
+    return problems
+
+
+_HOST_PORT = re.compile(r"^[^:,\s]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$")
+
+
+def _check_rdzv(rdzv) -> list[Problem]:
+    problems = []
+    endpoints = rdzv.endpoint.split(",") if rdzv.endpoint else []
+    if len(endpoints) > 1 and rdzv.backend != "etcd":
+        problems.append(("elastic.rdzv.endpoint", f"'{rdzv.endpoint}': only backend etcd takes "
+                                                  "several endpoints (its members)"))
+    elif any(not _HOST_PORT.match(part.strip()) for part in endpoints):
+        problems.append(("elastic.rdzv.endpoint", f"'{rdzv.endpoint}' is not HOST:PORT"
+                         + (" (or several, comma-separated)" if rdzv.backend == "etcd" else "")))
+    if rdzv.backend.startswith("etcd") and not rdzv.endpoint:
+        problems.append(("elastic.rdzv.endpoint", f"{rdzv.backend} needs the etcd members' "
+                                                  "HOST:PORT"))
+    if rdzv.standalone_store and (rdzv.backend != "c10d" or not rdzv.endpoint):
         problems.append(("elastic.rdzv.standalone_store", "needs backend c10d and the endpoint "
                                                           "of `elasticml rendezvous serve`"))
+    etcd_only = ("ca_cert", "client_cert", "client_key", "user", "password_file")
+    for key in etcd_only:
+        if getattr(rdzv, key) and not rdzv.backend.startswith("etcd"):
+            problems.append((f"elastic.rdzv.{key}", f"only for an etcd backend, not "
+                                                    f"{rdzv.backend}"))
+    for key in ("user", "password_file"):
+        if getattr(rdzv, key) and rdzv.backend == "etcd-v2":
+            problems.append((f"elastic.rdzv.{key}", "etcd-v2 has no user here: use backend etcd "
+                                                    "(etcd's v3 API)"))
+    if rdzv.password_file and not rdzv.user:
+        problems.append(("elastic.rdzv.password_file", "a password needs elastic.rdzv.user"))
+    if bool(rdzv.client_cert) != bool(rdzv.client_key):
+        problems.append(("elastic.rdzv.client_cert" if rdzv.client_cert else
+                         "elastic.rdzv.client_key", "client_cert and client_key go together"))
     return problems
 
 

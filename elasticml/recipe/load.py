@@ -117,10 +117,12 @@ TRAINING_SECTIONS = ("task", "data", "model", "loss", "metrics", "optimizer", "s
                      "trainer")
 VOLATILE_TRAINER_KEYS = ("max_steps", "epochs", "eval_every", "checkpoint_every",
                          "keep_checkpoints", "async_checkpoint", "log_every", "threads",
-                         "micro_batch_size")
+                         "micro_batch_size", "early_stopping", "encrypt_checkpoints",
+                         "checkpoint_key_file")
 """Trainer keys a run may change between launches without becoming another training: how
-long it trains, how often it reports or saves, and how a rank cuts its share into
-micro-batches (the loss is normalised by the global batch, so the update is the same)."""
+long it trains (when it stops early included), how often it reports or saves, how its
+checkpoints are kept on disk, and how a rank cuts its share into micro-batches (the loss is
+normalised by the global batch, so the update is the same)."""
 HASH_SCHEME = 2
 """Stored next to `training_hash` in checkpoints; a checkpoint of another scheme is not
 compared (its hash was computed from other fields)."""

@@ -252,6 +252,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    """Stop training once validation stops improving (checked at every `trainer.eval_every`);
+    the run ends as completed, and its final reports score the `best` checkpoint's model."""
+
+    patience: int = 0
+    """Validations in a row without improvement after which training stops (0 = off)."""
+    min_delta: float = 0.0
+    """An improvement must beat the best value counted so far by more than this."""
+    metric: str | None = None
+    """Validation metric watched; default: `trainer.best_metric`, i.e. the task's main metric
+    unless the recipe names another."""
+    mode: str = "auto"
+    """auto | max | min: whether higher is better; auto: lower for a metric named loss, the
+    task's own direction for its main metric, higher for any other."""
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int | None = None
     """Optimizer steps to train; exactly one of `max_steps` and `epochs` is set."""
@@ -285,6 +302,15 @@ class TrainerConfig:
     """Intra-op threads per worker; default: CPU cores / local workers."""
     best_metric: str | None = None
     """Validation metric that picks the `best` checkpoint; default: the task's main metric."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    encrypt_checkpoints: bool = False
+    """Encrypt every checkpoint file and the training state the ranks exchange (AES-256-GCM)
+    with the key in `ELASTICML_CHECKPOINT_KEY` or `checkpoint_key_file`; a file that does not
+    authenticate is skipped like a corrupt one."""
+    checkpoint_key_file: str | None = None
+    """File whose first line is the checkpoint key, 32 random bytes in base64 (`openssl rand
+    -base64 32`), relative to the recipe's folder; `ELASTICML_CHECKPOINT_KEY` wins. Only the
+    path is kept: the key is never printed or written anywhere."""
 
 
 # --- elasticity --------------------------------------------------------------------------
@@ -293,9 +319,13 @@ class TrainerConfig:
 @dataclass
 class RendezvousConfig:
     backend: str = "c10d"
-    """c10d (store in an agent or a standalone store) | etcd-v2 (a real etcd server)."""
+    """c10d (store in an agent or a standalone store) | etcd (an etcd cluster, its v3 API:
+    etcd 3.4 and later; for production) | etcd-v2 (etcd's v2 API, up to etcd 3.5 with
+    `--enable-v2`)."""
     endpoint: str = ""
-    """host:port of the store or etcd; empty = a private store on this machine (one node)."""
+    """host:port of the store or etcd; empty = a private store on this machine (one node).
+    etcd: every member, comma-separated (`h1:2379,h2:2379,h3:2379`), so a node moves on to
+    another when one does not answer."""
     join_timeout: float = 600.0
     """Give up when the minimum number of nodes has not joined within this many seconds."""
     last_call: float = 0.5
@@ -318,6 +348,22 @@ class RendezvousConfig:
     standalone_store: bool = False
     """c10d only: the store at `endpoint` is served by `elasticml rendezvous serve` (or another
     process), never by an agent, so losing any training node leaves the rendezvous intact."""
+    ca_cert: str | None = None
+    """etcd: the CA certificate (PEM file) that signed the etcd servers' certificates; turns
+    on TLS (https). Default: $ELASTICML_ETCD_CA_CERT."""
+    client_cert: str | None = None
+    """etcd: this node's client certificate (PEM file), for an etcd that checks clients
+    (`--client-cert-auth`). Default: $ELASTICML_ETCD_CLIENT_CERT."""
+    client_key: str | None = None
+    """etcd: the unencrypted private key of `client_cert` (PEM file, readable by this user
+    only). Default: $ELASTICML_ETCD_CLIENT_KEY."""
+    user: str | None = None
+    """etcd (v3) with authentication on: the etcd user to log in as. Default:
+    $ELASTICML_ETCD_USER. Its password comes from $ELASTICML_ETCD_PASSWORD or
+    `password_file`, never from the recipe."""
+    password_file: str | None = None
+    """etcd: file whose first line is `user`'s password (used when $ELASTICML_ETCD_PASSWORD
+    is not set); never printed or written into the run dir."""
     job_key_file: str | None = None
     """File whose first line is the job key every node shares (or set `ELASTICML_JOB_KEY`):
     rendezvous values and the training state broadcast are signed with it, so a process

@@ -48,6 +48,11 @@ class RunSummary:
     checkpoints: list[dict]
     metrics: dict[str, dict]
     best: dict | None
+    stopped_early: dict | None
+    """{step, message, metric, best_value, best_step, ...} when early stopping ended the run;
+    its final metrics are then those of the model of `weights_step` (`best.pt`)."""
+    weights_step: int | None
+    """Step of the model the final (test) metrics were scored with."""
     warnings: list[str]
     series: dict[str, list] = field(default_factory=dict)
     """Plot data: loss/throughput [(seconds, step, value)], world [(seconds, size)]."""
@@ -117,9 +122,31 @@ def summarise(run: RunDir) -> RunSummary:
                      for e in events if e["kind"] == "checkpoint"],
         metrics=_metrics(final, events),
         best=final.get("best") if isinstance(final, dict) else None,
+        stopped_early=_stopped_early(final, events),
+        weights_step=_weights_step(final, events),
         warnings=[str(e.get("message")) for e in events if e["kind"] == "warning"],
         series=_series(steps, incidents, started),
     )
+
+
+def _stopped_early(final, events: list) -> dict | None:
+    """The early stop of the run's last launch: its `early_stop` event (or final.json's)."""
+    launches = [i for i, e in enumerate(events) if e["kind"] == "launch"]
+    current = events[launches[-1]:] if launches else events
+    said = next((e for e in reversed(current) if e["kind"] == "early_stop"), None)
+    if said is not None:
+        keys = ("step", "message", "metric", "mode", "min_delta", "patience", "best_value",
+                "best_step")
+        return {k: said.get(k) for k in keys}
+    stopped = final.get("stopped_early") if isinstance(final, dict) else None
+    return {**stopped, "step": final.get("step")} if isinstance(stopped, dict) else None
+
+
+def _weights_step(final, events: list) -> int | None:
+    if isinstance(final, dict) and isinstance(final.get("weights_step"), int):
+        return final["weights_step"]
+    done = [e for e in events if e["kind"] == "done" and isinstance(e.get("weights_step"), int)]
+    return done[-1]["weights_step"] if done else None
 
 
 def _status(events: list) -> str:

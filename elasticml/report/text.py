@@ -58,6 +58,11 @@ def render_run(s: RunSummary) -> str:
     if s.best:
         row("best", f"{s.best.get('metric')} {fmt(s.best.get('value'))} at step "
             f"{s.best.get('step')}")
+    if s.stopped_early:
+        scored = f"; final metrics of best.pt (step {s.weights_step})" \
+            if s.weights_step is not None and s.weights_step != s.stopped_early.get("step") \
+            else ""
+        row("ended", f"{s.stopped_early.get('message')}{scored}")
     for warning in s.warnings:
         row("warning", warning)
     return "\n".join(lines)

@@ -28,8 +28,8 @@ from elasticml.telemetry.events import Event
 from elasticml.telemetry.incidents import Change, Failure, Incidents, Recovery
 
 NOTABLE = {"warning", "rendezvous", "resume", "checkpoint", "eval", "error", "done",
-           "agent_done", "fault", "hang"}
-ALWAYS = {"agent_done"}  # failures and errors are summed up by their `failure` line
+           "agent_done", "fault", "hang", "early_stop"}
+ALWAYS = {"agent_done", "early_stop"}  # failures and errors are summed up by their `failure` line
 HIDDEN = {"t", "kind", "role", "pid", "traceback", "command", "pids", "node", "local_rank",
           "restart_count", "shares", "stacks"}
 Record = Failure | Recovery | Change
@@ -54,6 +54,7 @@ class Progress:
     last_change: str = "-"
     last_failure: str = "-"
     val: dict = field(default_factory=dict)
+    early_stopping: str = ""
     rate_steps: list[tuple[float, int]] = field(default_factory=list)
     incidents: Incidents = field(default_factory=Incidents)
 
@@ -82,6 +83,15 @@ class Progress:
         elif kind == "eval" and event.get("split") == "val":
             self.val = {k: v for k, v in (event.get("metrics") or {}).items()
                         if isinstance(v, int | float)}
+            count = event.get("early_stopping")
+            if isinstance(count, dict):
+                best = _num(count.get("best_value"), ".4f")
+                self.early_stopping = (
+                    f"{count.get('stale')} / {count.get('patience')} validations without "
+                    f"improvement (best {count.get('metric')} {best} at step "
+                    f"{count.get('best_step')})")
+        elif kind == "early_stop":
+            self.early_stopping = str(event.get("message"))
         elif kind == "resume":
             self.step = max(self.step, event.get("step") or 0)
         records = self.incidents.fold(event)
@@ -105,6 +115,10 @@ class Progress:
 def plain_line(event: Event) -> str | None:
     """One parseable line for an event, or None when it is not worth a line."""
     kind = event["kind"]
+    if kind == "early_stop":
+        return (f"early_stop step={event.get('step')} best_step={event.get('best_step')} "
+                f"best_value={_compact(event.get('best_value'))} "
+                f"message={_compact(event.get('message'))}")
     if kind == "step":
         return (f"step={event['step']}/{event.get('total_steps', '?')} "
                 f"epoch={event.get('epoch', 0):.2f} loss={_num(event.get('loss'), '.4f')} "
@@ -233,6 +247,8 @@ class LiveConsole:
         table.add_row("checkpoint", p.last_checkpoint)
         if p.val:
             table.add_row("validation", "  ".join(f"{k} {v:.4f}" for k, v in p.val.items()))
+        if p.early_stopping:
+            table.add_row("early stopping", p.early_stopping)
         table.add_row("membership", p.last_change)
         table.add_row("last failure", p.last_failure)
         elapsed = _duration(time.time() - self.started)

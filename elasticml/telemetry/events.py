@@ -30,16 +30,25 @@ worker: start {rank, local_rank, world_size, restart_count, step}
                     `gap_s` is the time since this node last completed a step: the downtime)
         fault {fault: kill | hang, step, rank}
         step {step, epoch, loss, lr, samples, samples_per_s, world_size}
-        eval {step, split, metrics}
+        eval {step, split, metrics, early_stopping, weights_step}
+                    (`early_stopping` {metric, best_value, best_step, stale, patience}: a
+                    validation during training that early stopping counted; `weights_step`:
+                    test and train at the end, the step of the model scored, which after an
+                    early stop is that of `best.pt`)
+        early_stop {step, metric, mode: max | min, min_delta, patience, best_value, best_step,
+                    message}   (rank 0, once: validation stopped improving; training ends
+                    as completed)
         checkpoint {step, path, seconds, stall_s, write_s, error,
                     reason: periodic | failure | signal | final | best}
+                    (`best`: `best.pt`, written on every node by its local rank 0)
                     (emitted once the file is renamed and fsynced, from the writer thread for
                     a background save; `seconds` = `stall_s`, the pause of training;
                     `error`: the exception that led to a `failure` save)
         error {rank, message, traceback}   (traceback null for a one-line refusal: UserError)
         compiled {seconds}   (first step with trainer.compile: compile time, reported apart)
         warning {message}   (e.g. a corrupt checkpoint skipped)
-        done {step, metrics}
+        done {step, metrics, reason: finished | early_stop, weights_step}
+                    (`metrics` were scored with the model of `weights_step`)
 `node` is the agent's `local_addr` where one is set (several nodes may share a host name).
 """
 

@@ -9,6 +9,8 @@ The launcher's follower thread feeds the sink every new event. It writes:
   `elastic/downtime_s` and `elastic/steps_lost` (at each recovery) on the *step* axis, plus a
   text entry `elastic/timeline` per failure, recovery and membership change saying what
   happened, so a dip in the loss curve can be matched to its cause;
+* `early_stopping/stale` (validations in a row without improvement) at every counted
+  validation, and a text entry `early_stopping` saying why and where training stopped early;
 * the resolved recipe as text (`recipe`) and, when training is done, hparams (the recipe's
   scalar fields) with the final metrics, so runs can be compared in the HParams tab.
 
@@ -68,6 +70,13 @@ class TensorBoardSink:
                 if isinstance(value, int | float):
                     self._scalar(f"{event['split']}/{name}", value, event["step"], write,
                                  event["t"])
+            count = event.get("early_stopping")
+            if isinstance(count, dict) and isinstance(count.get("stale"), int):
+                self._scalar("early_stopping/stale", count["stale"], event["step"], write,
+                             event["t"])
+        elif kind == "early_stop" and write:
+            self.writer.add_text("early_stopping", str(event.get("message")), event["step"],
+                                 walltime=event["t"])
         elif kind == "restart" and write:
             self._marker("elastic/restarts", self.incidents.restarts, event["t"])
         elif kind == "done" and not self.finished:

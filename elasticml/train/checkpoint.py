@@ -16,8 +16,13 @@ the lock writes, the others find the file and skip (`save_once`). A write that t
 half the grace a stopping worker gets before SIGKILL (`ELASTICML_STOP_GRACE`, 30 s when unset)
 is warned about once, because such a stop would be cut short.
 
-`best.pt` gets a small record next to it, `best.json` (the best metric and the sha256 of the
-`best.pt` it describes), so a restart learns the best on disk without reading the whole model.
+`best.pt` gets a small record next to it, `best.json` (the best metric and the fingerprint of
+the `best.pt` it describes: its sha256, or for an encrypted file its last AES-GCM tag), so a
+restart learns the best on disk without reading the whole model.
+
+With `trainer.encrypt_checkpoints` the manager's `Cipher` (`encryption.py`) encrypts those
+bytes, trailer included, before they are written, and opens them before the checksum is
+verified; a file that does not authenticate is corrupt like one whose checksum fails.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from elasticml.train.encryption import PLAIN, Cipher, is_encrypted
+
 MAGIC = b"EMLCKPT1"
 TRAILER = len(MAGIC) + 64
 BEST = "best.pt"
@@ -49,36 +56,54 @@ class CorruptCheckpoint(ValueError):
     pass
 
 
-def encode(state: dict) -> bytes:
+def encode(state: dict, cipher: Cipher = PLAIN) -> bytes:
     import torch
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
-    return payload + MAGIC + hashlib.sha256(payload).hexdigest().encode()
+    return cipher.seal(payload + MAGIC + hashlib.sha256(payload).hexdigest().encode())
 
 
-def decode(blob: bytes, source: str = "checkpoint") -> dict:
-    if len(blob) < TRAILER or blob[-TRAILER:-64] != MAGIC:
-        raise CorruptCheckpoint(f"{source}: not an elasticml checkpoint (or truncated)")
-    payload, digest = blob[:-TRAILER], blob[-64:].decode(errors="replace")
-    if hashlib.sha256(payload).hexdigest() != digest:
-        raise CorruptCheckpoint(f"{source}: checksum mismatch (file is corrupt or truncated)")
+def decode(blob: bytes, source: str = "checkpoint", cipher: Cipher = PLAIN) -> dict:
+    blob = verified(blob, source, cipher)
     import torch
 
     try:
-        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(memoryview(blob)[:-TRAILER]), map_location="cpu",
+                          weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CorruptCheckpoint(f"{source}: cannot be read ({type(err).__name__})") from None
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
+def verified(blob: bytes, source: str = "checkpoint", cipher: Cipher = PLAIN) -> bytes:
+    """The plain checkpoint bytes of `blob` (opened by `cipher`), their checksum verified."""
+    blob = cipher.open(blob, source)
+    if len(blob) < TRAILER or blob[-TRAILER:-64] != MAGIC:
+        raise CorruptCheckpoint(f"{source}: not an elasticml checkpoint (or truncated)")
+    payload, digest = memoryview(blob)[:-TRAILER], blob[-64:].decode(errors="replace")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise CorruptCheckpoint(f"{source}: checksum mismatch (file is corrupt or truncated)")
+    return blob
+
+
+def read_checkpoint(path: str | Path, cipher: Cipher = PLAIN) -> dict:
+    return decode(read_bytes(path), str(path), cipher)
+
+
+def read_bytes(path: str | Path) -> bytes:
     try:
-        blob = path.read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
         raise CorruptCheckpoint(f"{path}: {err.strerror}") from None
-    return decode(blob, str(path))
+
+
+def fingerprint(head: bytes, tail: bytes) -> tuple[str, str]:
+    """(`best.json` field, value) naming one checkpoint file by its first 8 and last 64 bytes:
+    the sha256 of a plain file, the last AES-GCM tag of an encrypted one."""
+    if is_encrypted(head):
+        return "tag", tail[-16:].hex()
+    return "sha256", tail[-64:].decode(errors="replace")
 
 
 def write_atomically(path: Path, blob: bytes) -> None:
@@ -127,8 +152,8 @@ class CheckpointManager:
     """`step-N.pt` files in one folder: save (optionally in the background), find, prune."""
 
     def __init__(self, folder: str | Path, keep: int = 3, warn=None,
-                 grace_s: float = DEFAULT_STOP_GRACE_S) -> None:
-        self.folder, self.keep = Path(folder), keep
+                 grace_s: float = DEFAULT_STOP_GRACE_S, cipher: Cipher = PLAIN) -> None:
+        self.folder, self.keep, self.cipher = Path(folder), keep, cipher
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
         self.grace_s = grace_s
         self._writer: threading.Thread | None = None
@@ -178,7 +203,7 @@ class CheckpointManager:
         started = time.perf_counter()
         self.wait()
         path = self.path_for(step)
-        with self._locked():
+        with self.locked():
             if path.is_file():
                 return None
             saved = Saved(step, path, 0.0)
@@ -210,12 +235,11 @@ class CheckpointManager:
         """Write and fsync; an error is kept for `wait` to raise (the writer is a thread)."""
         try:
             started = time.perf_counter()
-            with contextlib.nullcontext() if locked else self._locked():
-                blob = encode(state)
+            with contextlib.nullcontext() if locked else self.locked():
+                blob = encode(state, self.cipher)
                 write_atomically(saved.path, blob)
                 if saved.path.name == BEST:
-                    record = {"best": state.get("best"), "sha256": blob[-64:].decode()}
-                    write_atomically(self.folder / BEST_RECORD, json.dumps(record).encode())
+                    write_best_record(self.folder, state.get("best"), blob)
                 self.prune()
             saved.write_s = time.perf_counter() - started
         except BaseException as err:  # noqa: BLE001 - surfaced by wait()
@@ -224,7 +248,8 @@ class CheckpointManager:
         self._warn_if_slow(saved)
 
     @contextlib.contextmanager
-    def _locked(self):
+    def locked(self):
+        """The folder's lock: every write into it holds it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -248,19 +273,32 @@ class CheckpointManager:
         path = self.folder / BEST
         try:
             with open(path, "rb") as handle:
+                head = handle.read(8)
                 handle.seek(-64, os.SEEK_END)
-                digest = handle.read().decode(errors="replace")
+                name, value = fingerprint(head, handle.read())
         except OSError:
             return None
         with contextlib.suppress(OSError, ValueError, AttributeError):
             record = json.loads((self.folder / BEST_RECORD).read_text())
-            if record.get("sha256") == digest:
+            if record.get(name) == value:
                 return record.get("best")
         try:
-            return read_checkpoint(path).get("best")
+            return read_checkpoint(path, self.cipher).get("best")
         except CorruptCheckpoint as err:
             self.warn(f"ignoring {err}")
             return None
+
+    def read_best(self, best: dict | None) -> dict | None:
+        """The state in `best.pt` when it is the model of `best` (metric, value and step);
+        None when this folder has no such file, or it does not read back intact."""
+        if best is None or self.best_on_disk() != best:
+            return None
+        try:
+            state = read_checkpoint(self.folder / BEST, self.cipher)
+        except CorruptCheckpoint as err:
+            self.warn(f"ignoring {err}")
+            return None
+        return state if state.get("best") == best else None
 
     def prune(self) -> None:
         for step in self.steps()[:-self.keep]:
@@ -270,10 +308,16 @@ class CheckpointManager:
         """The newest checkpoint that reads back intact; corrupt newer ones are warned about."""
         for step in reversed(self.steps()):
             try:
-                return step, read_checkpoint(self.path_for(step))
+                return step, read_checkpoint(self.path_for(step), self.cipher)
             except CorruptCheckpoint as err:
                 self.warn(f"skipping {err}; falling back to an older checkpoint")
         return None
+
+
+def write_best_record(folder: Path, best: dict | None, blob: bytes) -> None:
+    """`best.json` for the `best.pt` whose bytes are `blob`."""
+    name, value = fingerprint(blob[:8], blob[-64:])
+    write_atomically(folder / BEST_RECORD, json.dumps({"best": best, name: value}).encode())
 
 
 def _to_cpu_copy(state):

@@ -9,17 +9,21 @@ of that state; the learning rate and the random streams are functions of where t
 stands (`optim.LearningRate`, `randomness.py`), so the resumed run is the run that would have
 happened.
 
-SIGTERM sets a flag that is read at every step boundary, after each checkpoint and
-validation, and during every evaluation (at each module call, so between batches): a stop
-never waits for a whole validation or the final evaluations to end, and never cuts a step in
-half. A checkpoint that is not on disk is never announced: the `checkpoint` event comes from
-the write's completion (the writer thread for a background save).
+With `trainer.early_stopping`, every validation counts towards the stop (`early_stop.py`):
+the count is taken from the agreed metric and kept in the training state, the decision is
+agreed by all ranks, and the run then ends as completed, its final reports scoring the model
+`best.pt` holds, which every rank gets from a node that has it (`_best_model`).
+
+SIGTERM sets a flag (`stopping.py`) that is read at every step boundary, after each
+checkpoint and validation, and between evaluation batches: a stop never waits for a whole
+validation or the final evaluations to end, and never cuts a step in half. A checkpoint that
+is not on disk is never announced: the `checkpoint` event comes from the write's completion
+(the writer thread for a background save).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -44,22 +48,21 @@ from elasticml.tasks.base import Shard
 from elasticml.telemetry.events import EventLog
 from elasticml.train.batching import Horizon, plan_batches
 from elasticml.train.checkpoint import CheckpointManager, stop_grace_s, write_atomically
+from elasticml.train.encryption import recipe_cipher
 from elasticml.train.faults import FaultInjector
 from elasticml.train.losses import loss_sum
 from elasticml.train.optim import LearningRate, build_optimizer
 from elasticml.train.parts import grad_clip, own_optimizer, own_scheduler
 from elasticml.train.progress import Progress, last_progress
 from elasticml.train.randomness import seed_step
-from elasticml.train.recovery import NOTHING, agree_on_best, agree_on_state, is_better
+from elasticml.train.recovery import NOTHING, agree_on_state, share
 from elasticml.train.sample_log import SampleLog
+from elasticml.train.stopping import StopFlag, StopRequested
+from elasticml.train.validation import Validation
 
 SIGTERM_EXIT = 128 + signal.SIGTERM
 TRAIN_REPORT_ROWS = 4096
 """The end-of-run training report scores at most this many training rows."""
-
-
-class StopRequested(Exception):
-    """SIGTERM arrived; raised where the live state is that of the last completed step."""
 
 
 class Trainer:
@@ -75,11 +78,12 @@ class Trainer:
                                restart_count=self.restart_count)
         self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
                                              recipe.trainer.keep_checkpoints, warn=self._warn,
-                                             grace_s=stop_grace_s())
+                                             grace_s=stop_grace_s(),
+                                             cipher=recipe_cipher(recipe))
         self.training_hash = training_hash(recipe)
         self.job_key = read_job_key(None)
-        self.step, self.best = 0, None
-        self._stop = False
+        self.step = 0
+        self.stop = StopFlag()
         self._before = None  # this node's progress before this attempt (for `recovered`)
 
     # --- setup -------------------------------------------------------------------------
@@ -119,12 +123,13 @@ class Trainer:
             recipe.schedule, self.optimizer, self.horizon, self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
                                     self.events.emit, self.run_dir.logs)
-        self.metric_name = trainer.best_metric or self.task.main_metric
+        self.validation = Validation(recipe, self.task, self.rank, self.world_size,
+                                     self.device, self.events.emit, self._warn)
         self._restore()
         # Until the state is agreed, a SIGTERM ends the worker at once (there is nothing of
         # its own to save, and it may be stuck starting the process group with a peer that
         # is gone); from here on it saves the last completed step first.
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGTERM, self.stop.set)
         self._open_batches()
 
     def _open_batches(self) -> None:
@@ -143,8 +148,7 @@ class Trainer:
         if agreed.state is not None:
             self._check_trained_here(agreed)
             self.load_state(agreed.state)
-        self.best = agree_on_best(self.checkpoints.best_on_disk(), self.best, self.metric_name,
-                                  self.task.higher_is_better, device)
+        self.validation.agree_best(self.checkpoints.best_on_disk())
         before = last_progress(self.run_dir.logs)
         last_seen = before.step
         lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
@@ -181,7 +185,9 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "best": self.best,
+            "best": self.validation.best,
+            "early_stopping": self.validation.early_stopping.state_dict(),
+            "validated_step": self.validation.validated_step,
             "recipe": recipe_to_dict(self.recipe),
             "training_hash": self.training_hash,
             "training_hash_scheme": HASH_SCHEME,
@@ -196,7 +202,9 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         if self.own_schedule is not None and "scheduler" in state:
             self.own_schedule.load_state_dict(state["scheduler"])
-        self.step, self.best = int(state["step"]), state.get("best")
+        self.step, self.validation.best = int(state["step"]), state.get("best")
+        self.validation.early_stopping.load_state_dict(state.get("early_stopping"))
+        self.validation.validated_step = state.get("validated_step")
         if getattr(self, "batches", None) is not None:
             self._open_batches()
 
@@ -220,8 +228,11 @@ class Trainer:
         trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
         self.total_steps = self.horizon.total_steps(self.step, self.sampler.samples_seen,
                                                     self.plan.global_batch)
-        while not self.horizon.done(self.step, self.sampler.samples_seen):
-            self._check_stop()
+        if self.validation.missed(self.step, trainer.eval_every):
+            self.validate(counts=True)
+        while not (self.horizon.done(self.step, self.sampler.samples_seen)
+                   or self.validation.early_stopping.stopped):
+            self.stop.check()
             self.faults.before_step(self.step)
             started = time.perf_counter()
             loss_sum, count = self.train_step()
@@ -236,12 +247,14 @@ class Trainer:
                     or self.step == resumed_at + 1):  # the first step of an attempt is news
                 self.log_step(window)
             if trainer.eval_every and self.step % trainer.eval_every == 0:
-                self.validate()
+                self.validate(counts=True)
                 self.progress.write(self.step)
+                if self.validation.early_stopping.stopped:
+                    break
             if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
                 self.save("periodic")
                 self.progress.write(self.step)
-        self._check_stop()
+        self.stop.check()
         self.progress.finished(self.step)
         self.batches.close()
 
@@ -301,55 +314,36 @@ class Trainer:
 
     # --- validation, checkpoints, the end ----------------------------------------------
 
-    def evaluate(self, split: str) -> dict:
-        data = self.splits[split]
+    def evaluate(self, split: str, model: torch.nn.Module | None = None) -> dict:
+        data, model = self.splits[split], model or self.model
         if split == "train":  # the training report: a fixed sample, not a second epoch
             data = subset(data, TRAIN_REPORT_ROWS, self.recipe.run.seed)
-        self.model.eval()
+        model.eval()
         try:
-            return self.task.evaluate(self.model, data, self.device,
+            return self.task.evaluate(model, data, self.device,
                                       Shard(self.rank, self.world_size))
         finally:
-            self.model.train()
+            model.train()
 
-    def validate(self) -> dict:
-        """Score the validation split; every rank tracks the best identically (the metrics
-        are combined across ranks, and `_agreed` makes sure of the one that picks the best),
-        so whichever rank's state wins the next agreement carries the right best."""
-        with self._stoppable():
+    def validate(self, counts: bool = False) -> dict:
+        """Score the validation split (`validation.py`); `counts`: a validation during
+        training, which early stopping counts (the one at the end is not)."""
+        with self.stop.between_batches():
             metrics = self.evaluate("val")
-        if self.rank == 0:
-            self.events.emit("eval", step=self.step, split="val", metrics=metrics)
-        value = self._agreed(metrics.get(self.metric_name))
-        if value is not None and is_better(value, self.best, self.task.higher_is_better):
-            self.best = {"metric": self.metric_name, "value": value, "step": self.step}
+        if self.validation.record(metrics, self.step, counts):
             self.save("best", name="best.pt")
-        self._check_stop()
+        self.stop.check()
         return metrics
 
-    def _agreed(self, value) -> float | None:
-        """The best metric's value, identical on every rank: a rank whose value differs (it
-        should not) is warned about and the largest is used."""
-        if not isinstance(value, int | float) or math.isnan(value):
-            return None
-        if self.world_size == 1:
-            return float(value)
-        both = torch.tensor([value, -value], dtype=torch.float64,
-                            device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(both, op=dist.ReduceOp.MAX)
-        high, low = float(both[0]), -float(both[1])
-        if high != low:
-            self._warn(f"validation {self.metric_name} differs across ranks ({low} to {high}) "
-                       f"at step {self.step}; the best checkpoint follows the largest")
-        return high
-
     def save(self, reason: str, name: str | None = None) -> None:
-        if self.rank != 0:
+        """Rank 0 writes; `best.pt` is written on every node (by its local rank 0), so that
+        the best model outlives the loss of any one node for an early stop's reports."""
+        if self.rank != 0 and not (name == "best.pt" and self.local_rank == 0):
             return
         self.checkpoints.save(self.state(), self.step, name=name,
                               background=self.recipe.trainer.async_checkpoint,
                               on_durable=self._announce(reason))
-        self._check_stop()
+        self.stop.check()
 
     def _announce(self, reason: str, error: BaseException | None = None):
         """The `checkpoint` event, for when the file is on disk (renamed and fsynced)."""
@@ -361,29 +355,59 @@ class Trainer:
         return announce
 
     def finish(self) -> None:
-        reports = {}
-        if not self.recipe.trainer.eval_every or self.step % self.recipe.trainer.eval_every:
+        reports, stopped = {}, self.validation.early_stopping.stopped
+        model, weights_step = self._best_model() if stopped else (self.model, self.step)
+        every = self.recipe.trainer.eval_every
+        if model is self.model and (not every or self.step % every):
             reports["val"] = self.validate()
         else:
-            with self._stoppable():
-                reports["val"] = self.evaluate("val")
-        with self._stoppable():
-            reports["test"] = self.evaluate("test")
-            reports["train"] = self.evaluate("train")
+            with self.stop.between_batches():
+                reports["val"] = self.evaluate("val", model)
+        with self.stop.between_batches():
+            reports["test"] = self.evaluate("test", model)
+            reports["train"] = self.evaluate("train", model)
         if self.rank == 0:
             for split in ("test", "train"):
-                self.events.emit("eval", step=self.step, split=split, metrics=reports[split])
+                self.events.emit("eval", step=self.step, split=split, metrics=reports[split],
+                                 weights_step=weights_step)
             if self.step not in self.checkpoints.steps():
                 self.save("final")
             self.checkpoints.wait()
-            _write_reports(self.run_dir, self.step, reports, self.best)
-        self.events.emit("done", step=self.step, metrics={s: _scalars(m) for s, m in
-                                                          reports.items()})
+            _write_reports(self.run_dir, self.step, reports, self.validation.best,
+                           self.validation.ending(self.step, weights_step))
         if self.world_size > 1:
-            dist.barrier()
-        # Close the group before exiting: left to interpreter shutdown, gloo can abort a rank
-        # whose peer closed its sockets first (SIGABRT), which the agent takes for a failure.
-        dist.destroy_process_group()
+            dist.barrier()  # every rank scored its shard; rank 0's reports are on disk
+        self.events.emit("done", step=self.step, metrics={s: _scalars(m) for s, m in
+                                                          reports.items()},
+                         reason="early_stop" if stopped else "finished",
+                         weights_step=weights_step)
+        # Past the barrier the run is complete: closing the group may fail when a peer has
+        # already gone (with the store its rank 0 hosted), and that is no failure of this run.
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+    def _best_model(self) -> tuple[torch.nn.Module, int]:
+        """(the model `best.pt` holds, its step) on every rank, for an early stop's reports.
+
+        A rank whose node holds that very `best.pt` (its record names the agreed best) reads
+        it; the others get its weights from the lowest such rank (sealed and, with encryption
+        on, encrypted like the state at a restart), so a node that joined after the best, or
+        whose disk lost it, needs no shared filesystem. When no node holds it (every node
+        that wrote it is gone), the reports score the last step's model, with a warning."""
+        self.checkpoints.wait()  # this node's own best.pt, if it was being written
+        best = self.validation.best
+        local = self.checkpoints.read_best(best)
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        weights, _ = share({"model": local["model"]} if local else None, device,
+                           self.job_key, self.checkpoints.cipher)
+        if weights is None:
+            what = f"best.pt of step {best['step']}" if best else "a best.pt"
+            self._warn(f"no node holds {what} any more; the final reports score the model of "
+                       f"step {self.step}, where training stopped")
+            return self.model, self.step
+        model = self.task.build_model().to(self.device)
+        model.load_state_dict(weights["model"])
+        return model, int(best["step"])
 
     def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
         """Write the state of the last completed step (the live state outside `train_step`),
@@ -395,24 +419,6 @@ class Trainer:
         self.checkpoints.save_once(self.state(), self.step,
                                    on_durable=self._announce(reason, error))
 
-    def _check_stop(self) -> None:
-        if self._stop:
-            raise StopRequested
-
-    @contextlib.contextmanager
-    def _stoppable(self):
-        """Within this block (evaluations: the model is not changed) the stop flag is checked
-        at every module call, i.e. between evaluation batches, through a global forward
-        pre-hook; the task's own evaluation code needs no hook of its own."""
-        self._check_stop()
-        handle = torch.nn.modules.module.register_module_forward_pre_hook(
-            lambda module, args: self._check_stop())
-        try:
-            yield
-        finally:
-            handle.remove()
-        self._check_stop()
-
     def _warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
         self.events.emit("warning", message=message)
@@ -423,9 +429,6 @@ class Trainer:
         self._before = None
         self.events.emit("recovered", step=self.step, gap_s=round(time.time() - before.time, 3),
                          steps_lost=lost, last_step_before=before.step)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._stop = True
 
 
 class _Window:
@@ -456,8 +459,9 @@ def _scalars(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-def _write_reports(run_dir: RunDir, step: int, reports: dict, best: dict | None) -> None:
+def _write_reports(run_dir: RunDir, step: int, reports: dict, best: dict | None,
+                   ending: dict) -> None:
     import json
 
-    body = {"step": step, "best": best, **reports}
+    body = {"step": step, "best": best, **ending, **reports}
     write_atomically(run_dir.reports / "final.json", json.dumps(body, indent=2).encode())

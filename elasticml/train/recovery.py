@@ -11,9 +11,14 @@ a process that got into the process group without the key cannot hand the worker
 model. A worker started without any key (plain torchrun by hand) sends and takes the state
 unsigned, as a receiver without a key cannot check a tag anyway.
 
+With `trainer.encrypt_checkpoints` the broadcast bytes are also encrypted with the checkpoint
+key (`encryption.py`) before they are sealed: a receiver with encryption on takes only a state
+encrypted under its own key.
+
 The best validation metric is part of the agreed state; `agree_on_best` also folds in what
 `best.pt` holds on every node's disk, so that a state older than the newest `best.pt` (a
-fallback to a periodic checkpoint) never lets a worse model replace it.
+fallback to a periodic checkpoint) never lets a worse model replace it. `share` hands any
+state some ranks hold (the best model's weights, at an early stop) to the ranks without it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.distributed as dist
 from elasticml.errors import UserError
 from elasticml.jobkey import ForgedValue, seal, unseal
 from elasticml.train.checkpoint import CheckpointManager, decode, encode
+from elasticml.train.encryption import PLAIN, Cipher
 
 NOTHING = -1
 
@@ -57,19 +63,39 @@ def agree_on_state(manager: CheckpointManager, device: torch.device,
         return Agreed(NOTHING, -1, None, local_step, time.perf_counter() - started)
     source = int((steps == best).nonzero()[0])
     if world > 1 and bool((steps != best).any()):
-        state = _broadcast_state(local_state if rank == source else None, source, device, key)
+        state = _broadcast_state(local_state if rank == source else None, source, device, key,
+                                 manager.cipher)
     else:  # every rank holds the newest step already: each reads its own copy
         state = local_state
     return Agreed(best, source, state, local_step, time.perf_counter() - started)
 
 
-def pack_state(state: dict, key: bytes | None) -> bytes:
-    """The bytes a rank broadcasts: the checkpoint encoding, sealed when there is a job key."""
-    blob = encode(state)
+def share(local: dict | None, device: torch.device, key: bytes | None,
+          cipher: Cipher = PLAIN) -> tuple[dict | None, int]:
+    """(`local` of the lowest rank holding one, that rank) on every rank; (None, -1) when no
+    rank holds one. Broadcast only when some rank lacks it."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    held = torch.zeros(world, dtype=torch.long, device=device)
+    held[rank] = int(local is not None)
+    if world > 1:
+        dist.all_reduce(held)
+    holders = held.nonzero()
+    if len(holders) == 0:
+        return None, -1
+    source = int(holders[0])
+    if world > 1 and not bool(held.all()):
+        local = _broadcast_state(local if rank == source else None, source, device, key, cipher)
+    return local, source
+
+
+def pack_state(state: dict, key: bytes | None, cipher: Cipher = PLAIN) -> bytes:
+    """The bytes a rank broadcasts: the checkpoint encoding (encrypted with encryption on),
+    sealed when there is a job key."""
+    blob = encode(state, cipher)
     return seal(key, blob) if key else blob
 
 
-def open_state(blob: bytes, key: bytes | None, source: int) -> dict:
+def open_state(blob: bytes, key: bytes | None, source: int, cipher: Cipher = PLAIN) -> dict:
     """The state in a broadcast blob; a `UserError` when it does not carry the job key."""
     if key:
         try:
@@ -79,12 +105,12 @@ def open_state(blob: bytes, key: bytes | None, source: int) -> dict:
                 f"refused the training state from rank {source}: it does not carry this job's "
                 f"key ({err}); start every node with the same job key (ELASTICML_JOB_KEY or "
                 "elastic.rdzv.job_key_file)") from None
-    return decode(blob, f"state from rank {source}")
+    return decode(blob, f"the training state from rank {source}", cipher)
 
 
 def _broadcast_state(state: dict | None, source: int, device: torch.device,
-                     key: bytes | None) -> dict:
-    blob = pack_state(state, key) if state is not None else b""
+                     key: bytes | None, cipher: Cipher) -> dict:
+    blob = pack_state(state, key, cipher) if state is not None else b""
     size = torch.tensor([len(blob)], dtype=torch.long, device=device)
     dist.broadcast(size, src=source)
     if state is not None:
@@ -94,7 +120,7 @@ def _broadcast_state(state: dict | None, source: int, device: torch.device,
     dist.broadcast(buffer, src=source)
     if state is not None:
         return state
-    return open_state(buffer.cpu().numpy().tobytes(), key, source)
+    return open_state(buffer.cpu().numpy().tobytes(), key, source, cipher)
 
 
 def agree_on_best(on_disk: dict | None, agreed: dict | None, metric: str, higher: bool,

@@ -13,7 +13,8 @@ recorded (error file and an `error` event) and ends the worker with
 `errors.WORKER_INPUT_ERROR_EXIT`: a restart cannot fix it.
 
 Environment read here and below: `ELASTICML_JOB_KEY` (seals the state broadcast,
-`recovery.py`), `ELASTICML_STOP_GRACE` (seconds between SIGTERM and SIGKILL, for the
+`recovery.py`), `ELASTICML_CHECKPOINT_KEY` (encrypted checkpoints, `encryption.py`),
+`ELASTICML_STOP_GRACE` (seconds between SIGTERM and SIGKILL, for the
 slow-checkpoint warning), `ELASTICML_SAMPLE_LOG` (test hook, `sample_log.py`).
 
 A worker leaves with `os._exit` once its work is on disk — after a SIGTERM stop or a failure

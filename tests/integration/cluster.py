@@ -9,9 +9,9 @@ of network namespaces joined by a bridge, each with its own 10.x address.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -25,6 +25,7 @@ from elasticml.telemetry.events import read_events
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("tiny.yaml")
 USER_CODE = Path(__file__).with_name("user_code.py")
+OVERFIT = Path(__file__).with_name("overfit.yaml")
 
 
 TEST_JOB_KEY = "elasticml-tests-" + "5" * 48
@@ -43,14 +44,40 @@ def train_command(*args: str, recipe: Path = TINY) -> list[str]:
     return [sys.executable, "-m", "elasticml", "train", str(recipe), "-q", *args]
 
 
-def with_model(folder: Path, **model) -> Path:
-    """The tiny recipe with another `model` section, written to `folder/recipe.yaml`."""
+def with_model(folder: Path, model: dict, **sections) -> Path:
+    """The tiny recipe with another `model` (and any other sections), written to
+    `folder/recipe.yaml` beside a copy of `user_code.py`, whose components it may name."""
+    import shutil
+
     import yaml
 
     recipe = yaml.safe_load(TINY.read_text())
     recipe["model"] = model
+    for name, section in sections.items():
+        if section is None:
+            recipe.pop(name, None)
+        else:
+            recipe[name] = section
+    shutil.copy(USER_CODE, folder / USER_CODE.name)
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def overfit_recipe(folder: Path) -> Path:
+    """overfit.yaml in `folder`, beside its data: noisy.npz, 300 rows of four Gaussian blobs
+    in 8 dimensions, 30% of them relabelled at random."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 8)) * 1.5
+    labels = rng.integers(0, 4, 300)
+    features = centres[labels] + rng.normal(size=(300, 8))
+    labels = np.where(rng.random(300) < 0.3, rng.integers(0, 4, 300), labels)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "noisy.npz", x=features.astype("float32"), y=labels.astype("int64"))
+    path = folder / "overfit.yaml"
+    path.write_text(OVERFIT.read_text())
     return path
 
 
@@ -177,6 +204,22 @@ def netns_available() -> str | None:
     return None if made.returncode == 0 else f"`ip netns add` failed: {made.stderr.decode()}"
 
 
+_clusters = itertools.count()
+
+
+def _free_tag() -> str:
+    """A name part no namespace or link here uses yet: unique within this process by a
+    counter (a random pick collided within one suite), and checked against what the kernel
+    still holds, since a deleted namespace's links go away asynchronously."""
+    for _ in range(100):
+        tag = f"{os.getpid() % 10000:04d}{next(_clusters) % 100:02d}"
+        taken = [p for p in (*Path("/run/netns").glob(f"eml{tag}n*"),
+                             *Path("/sys/class/net").glob(f"em*{tag}*"))]
+        if not taken:
+            return tag
+    raise RuntimeError("no free network namespace name left for this test process")
+
+
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
@@ -187,9 +230,9 @@ class Cluster:
     IFNAME = "eml0"
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000}{random.randrange(100):02d}"
+        tag = _free_tag()
         self.tag = tag
-        self.subnet = f"10.{random.randrange(100, 250)}.{random.randrange(1, 250)}"
+        self.subnet = f"10.{100 + int(tag[-2:])}.{os.getpid() % 250 + 1}"
         self.bridge = f"embr{tag}"
         self.host_addr = f"{self.subnet}.254"
         self.nodes: dict[str, str] = {}

@@ -16,6 +16,7 @@ from tests.integration.cluster import (
     train_command,
     wait_for,
 )
+from tests.integration.etcd import EtcdCluster, EtcdServer
 from tests.integration.slurm import SlurmCluster, install_slurm
 
 
@@ -79,6 +80,29 @@ def etcd(cluster, etcd_binary, tmp_path):
         yield f"{host}:{client}"
     finally:
         job.stop()
+
+
+@pytest.fixture
+def etcd_v3(etcd_binary, tmp_path):
+    """One etcd member on loopback, plain HTTP, without `--enable-v2` (v3 API only)."""
+    server = EtcdServer(etcd_binary, tmp_path / "etcd-v3")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_cluster(cluster, etcd_binary, tmp_path):
+    """Three etcd members, each in a network namespace of `cluster`, with client and peer
+    TLS (clients need a certificate of the test's CA); no users yet."""
+    made = None
+    try:
+        made = EtcdCluster(cluster, etcd_binary, tmp_path / "etcd-cluster")
+        yield made
+    finally:
+        if made is not None:
+            made.stop()
 
 
 @pytest.fixture(scope="session")

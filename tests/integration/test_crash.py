@@ -12,7 +12,6 @@ from elasticml.train.checkpoint import read_checkpoint
 from elasticml.train.sample_log import read_sample_log
 from tests.integration.cluster import (
     TINY,
-    USER_CODE,
     Job,
     assert_same_data,
     env_with_repo,
@@ -94,8 +93,8 @@ def test_a_disturbed_run_ends_where_an_undisturbed_one_does(tmp_path, dropout):
 
 
 def test_ranks_draw_different_dropout_masks(tmp_path):
-    recipe = with_model(tmp_path, name="custom", factory=f"{USER_CODE}:masked_mlp",
-                        options={"log_dir": str(tmp_path)})
+    recipe = with_model(tmp_path, {"_target_": "user_code.MaskedMLP", "features": 64,
+                                   "classes": 10, "log_dir": str(tmp_path)})
     _train(tmp_path, "trainer.max_steps=4", recipe=recipe)
     rank0 = (tmp_path / "masks-rank0.txt").read_text().split()
     rank1 = (tmp_path / "masks-rank1.txt").read_text().split()
@@ -107,9 +106,14 @@ def test_a_state_saved_by_another_rank_than_0_carries_the_best_metric(tmp_path):
     """Rank 0 dies at step 12, so the state the group resumes from is rank 1's. The data
     validate worse the longer the model trains: `best.pt` must keep the best model, not be
     replaced by the first (worse) validation after the restart."""
+    recipe = with_model(
+        tmp_path, {"_target_": "user_code.MLP", "features": 4, "classes": 2}, task=None,
+        data={"splits": {"_target_": "user_code.flipped_splits"}},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        metrics={"accuracy": {"_target_": "torchmetrics.classification.MulticlassAccuracy",
+                              "num_classes": 2}})
     events = _train(tmp_path, "trainer.max_steps=25", "trainer.eval_every=5",
-                    "task.name=custom", f"task.factory={USER_CODE}:flipped_splits",
-                    "faults.kill_rank=0", "faults.kill_step=12")
+                    "faults.kill_rank=0", "faults.kill_step=12", recipe=recipe)
     folder = tmp_path / "runs/tiny/checkpoints"
 
     [saved] = [e for e in of_kind(events, "checkpoint", step=12) if e["reason"] == "failure"]

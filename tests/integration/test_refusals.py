@@ -34,7 +34,8 @@ def test_editing_the_recipe_mid_run_does_not_change_what_restarted_workers_train
     # rank 1 stops at step 4 and nothing times out until the test ends it
     job = Job(train_command("--run-dir", str(tmp_path / "runs"), "trainer.max_steps=12",
                             "faults.hang_rank=1", "faults.hang_step=4",
-                            "elastic.collective_timeout=600", recipe=recipe),
+                            "elastic.collective_timeout=600", "elastic.stop_grace=601",
+                            recipe=recipe),
               tmp_path / "train.log", cwd=tmp_path)
     try:
         hung = wait_for(lambda: of_kind(run_events(tmp_path / "runs"), "fault"), 120,

@@ -12,7 +12,6 @@ import pytest
 from elasticml.train.checkpoint import read_checkpoint
 from tests.helpers import final_report
 from tests.integration.cluster import (
-    USER_CODE,
     Job,
     of_kind,
     run_events,
@@ -30,8 +29,8 @@ def test_a_sigterm_while_evaluating_stops_saves_once_and_the_run_finishes_later(
         tmp_path, where, eval_every, stopped_at):
     stall = tmp_path / "stall"
     stall.touch()  # while it exists, every evaluation of both workers stalls
-    recipe = with_model(tmp_path, name="custom", factory=f"{USER_CODE}:stalling_mlp",
-                        options={"stall_file": str(stall)})
+    recipe = with_model(tmp_path, {"_target_": "user_code.StallingMLP", "features": 64,
+                                   "classes": 10, "stall_file": str(stall)})
     command = train_command("--run-dir", str(tmp_path / "runs"), "trainer.max_steps=8",
                             f"trainer.eval_every={eval_every}", "trainer.checkpoint_every=0",
                             recipe=recipe)

@@ -1,7 +1,8 @@
-"""Factories a user could name in a recipe (`file.py:function`), with what the tests watch.
+"""Components a user could name in a recipe (`_target_: user_code.MaskedMLP`), with what the
+tests watch. `with_model` (cluster.py) copies this file beside the recipe it writes.
 
-* `masked_mlp` records the dropout mask of every training forward, per rank, in `log_dir`.
-* `stalling_mlp` stalls in evaluation while `stall_file` exists, calling a layer every 50 ms
+* `MaskedMLP` records the dropout mask of every training forward, per rank, in `log_dir`.
+* `StallingMLP` stalls in evaluation while `stall_file` exists, calling a layer every 50 ms
   as a long evaluation calls the model for every batch; it touches `<stall_file>.reached` when
   it starts stalling.
 * `flipped_splits` is a table whose validation labels are the training labels flipped: the
@@ -21,18 +22,18 @@ from torch import nn
 
 
 class _MLP(nn.Module):
-    def __init__(self, info: dict) -> None:
+    def __init__(self, features: int, classes: int) -> None:
         super().__init__()
-        self.hidden = nn.Linear(info["features"], 32)
-        self.out = nn.Linear(32, info["classes"])
+        self.hidden = nn.Linear(features, 32)
+        self.out = nn.Linear(32, classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.hidden(x))
 
 
-class _MaskedMLP(_MLP):
-    def __init__(self, info: dict, log_dir: str, p: float) -> None:
-        super().__init__(info)
+class MaskedMLP(_MLP):
+    def __init__(self, features: int, classes: int, log_dir: str, p: float = 0.5) -> None:
+        super().__init__(features, classes)
         self.p, self.log = p, Path(log_dir) / f"masks-rank{os.environ.get('RANK', '0')}.txt"
         self.log.parent.mkdir(parents=True, exist_ok=True)
 
@@ -46,13 +47,9 @@ class _MaskedMLP(_MLP):
         return self.out(h)
 
 
-def masked_mlp(info: dict, log_dir: str, p: float = 0.5) -> nn.Module:
-    return _MaskedMLP(info, log_dir, p)
-
-
-class _StallingMLP(_MLP):
-    def __init__(self, info: dict, stall_file: str) -> None:
-        super().__init__(info)
+class StallingMLP(_MLP):
+    def __init__(self, features: int, classes: int, stall_file: str) -> None:
+        super().__init__(features, classes)
         self.stall_file, self.tick = Path(stall_file), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,14 +61,17 @@ class _StallingMLP(_MLP):
         return self.out(self.features(x))
 
 
-def stalling_mlp(info: dict, stall_file: str) -> nn.Module:
-    return _StallingMLP(info, stall_file)
+class MLP(_MLP):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x))
 
 
 def flipped_splits(samples: int = 600) -> dict:
+    from torch.utils.data import TensorDataset
+
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(samples, 4)).astype("float32")
-    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype("int64")
+    x = torch.from_numpy(rng.normal(size=(samples, 4)).astype("float32"))
+    y = torch.from_numpy((x[:, 0] + 0.5 * x[:, 1] > 0).numpy().astype("int64"))
     train, val, test = np.split(np.arange(samples), [samples * 3 // 5, samples * 4 // 5])
-    return {"train": (x[train], y[train]), "val": (x[val], 1 - y[val]),
-            "test": (x[test], y[test])}
+    return {"train": TensorDataset(x[train], y[train]), "val": TensorDataset(x[val], 1 - y[val]),
+            "test": TensorDataset(x[test], y[test])}

@@ -288,3 +288,22 @@ def test_export_imports_neither_torch_nor_the_agent(tmp_path):
             "assert not loaded, loaded\n")
     subprocess.run([sys.executable, "-c", code], check=True, env=env_with_repo())
     assert (tmp_path / "job.yaml").read_text().startswith("#!/bin/bash")
+
+
+def test_encrypted_checkpoints_take_their_key_from_the_environment_or_a_secret(tmp_path,
+                                                                               monkeypatch):
+    key = "c2VjcmV0IGNoZWNrcG9pbnQga2V5IG9mIDMyIGJ5dGVzISE="
+    monkeypatch.setenv("ELASTICML_CHECKPOINT_KEY", key)
+    script = tmp_path / "job.sbatch"
+    invoke("export", "slurm", TINY, *FLAGS, "trainer.encrypt_checkpoints=true", "-o", script)
+    environ_without = {"ELASTICML_CHECKPOINT_KEY": ""}
+    refused = run_sbatch_script(script, tmp_path, **environ_without)
+    assert refused.returncode == 2 and "ELASTICML_CHECKPOINT_KEY" in refused.stderr
+    assert not (tmp_path / "srun.log").exists(), "nothing started"
+    assert run_sbatch_script(script, tmp_path, ELASTICML_CHECKPOINT_KEY=key).returncode == 0
+
+    job = k8s_documents(*FLAGS, "trainer.encrypt_checkpoints=true")["PyTorchJob"]
+    [container] = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert {"name": "ELASTICML_CHECKPOINT_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "exp-7-checkpoint-key", "key": "key"}}} in container["env"]
+    assert key not in script.read_text() + yaml.safe_dump(job)

@@ -110,6 +110,8 @@ def recipe(folder, **sections):
     ({"data": {"splits": {"_target_": "mine.make"}}}, r"^data.splits: name the datasets either"),
     ({"trainer": {"max_steps": 2, "best_metric": "f1"}},
      r"^trainer.best_metric: 'f1' is not loss or one of metrics \(accuracy\)"),
+    ({"trainer": {"max_steps": 2, "early_stopping": {"patience": 2, "metric": "f1"}}},
+     r"^trainer.early_stopping.metric: 'f1' is not loss or one of metrics \(accuracy\)"),
     ({"schedule": {"_target_": "torch.optim.lr_scheduler.StepLR", "step_size": 1},
       "trainer": {"max_steps": 2, "batch_policy": "linear"}}, r"^trainer.batch_policy: linear"),
 ])
