@@ -45,7 +45,7 @@ from tests.integration.cluster import (  # noqa: E402 - the helpers the tests us
     wait_for,
 )
 
-STEPS = 6000
+STEPS = 12000
 COMMON = ("--nnodes", "1:2", "--nproc-per-node", "1", f"trainer.max_steps={STEPS}",
           "faults.step_delay=0.02", "trainer.checkpoint_every=50", "elastic.max_restarts=1000",
           "elastic.collective_timeout=10", "elastic.stop_grace=20",
@@ -108,8 +108,7 @@ class Soak:
                 return False  # keep a replica: steps lost only count where one survived
             victim = self.random.choice(members)
             if kind == "worker_kill":
-                workers = [p for p in descendants(self.nodes.jobs[victim].pid)
-                           if b"elasticml.train.worker" in _cmdline(p)]
+                workers = [p for p in descendants(self.nodes.jobs[victim].pid) if _is_worker(p)]
                 if not workers:
                     return False
                 os.kill(self.random.choice(workers), signal.SIGKILL)
@@ -147,18 +146,15 @@ class Soak:
         return None
 
     def finish(self) -> dict:
-        """Nodes that are down come back for the end; every node still up must then exit 0
-        (a member with the finished job, a spare with "finished without this node")."""
+        """Nodes that are down come back for the end; every node's last run must then exit
+        0 (a member with the finished job, a spare with "finished without this node"), also
+        when it ended before this was called."""
         for node in list(self.down):
             job = self.nodes.jobs[node]
             job.wait(120)  # a node stopping after SIGTERM saves first
             self.down.remove(node)
             self.nodes.again(node)
-        outcome = {}
-        for node in self.alive():
-            code = self.nodes.jobs[node].wait(900)
-            outcome[node] = code
-        return outcome
+        return {node: job.wait(900) for node, job in self.nodes.jobs.items()}
 
     def close(self) -> None:
         self.nodes.stop()
@@ -166,11 +162,13 @@ class Soak:
         self.cluster.close()
 
 
-def _cmdline(pid: int) -> bytes:
+def _is_worker(pid: int) -> bool:
+    """A cold worker by its command line, a warm one (a fork of the zygote) by its name."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        return (b"elasticml.train.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                or Path(f"/proc/{pid}/comm").read_text().startswith("eml-worker"))
     except OSError:
-        return b""
+        return False
 
 
 def final_parameters(run_root: Path):

@@ -11,7 +11,11 @@ its error file) and restart to the run's events, and adds four things of its own
   not a failure) are restarted as a membership change: they cost no `max_restarts`;
 * a worker that stopped on a problem with the user's input (exit status
   `WORKER_INPUT_ERROR_EXIT`) ends the job at once with that one line: restarting cannot
-  fix it.
+  fix it;
+* with `elastic.warm_workers` (the default) its workers are forked from a zygote that has
+  imported torch and elasticml once, instead of started as fresh interpreters (`warm.py`);
+  starting them is the only thing that changes. Without a zygote to fork from (it cannot
+  start), workers start cold, with a warning.
 Workers get `elastic.stop_grace` seconds between SIGTERM and SIGKILL (torch: 30 s).
 
 Failure modes an operator meets here:
@@ -35,16 +39,16 @@ from torch.distributed.elastic.agent.server.api import RunResult, WorkerSpec, Wo
 from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.registry import get_rendezvous_handler
+from torch.distributed.elastic.utils import macros
 
 from elasticml.errors import WORKER_INPUT_ERROR_EXIT
-from elasticml.launch import rendezvous
+from elasticml.launch import rendezvous, warm, zygote
 from elasticml.launch.plan import LaunchPlan
 from elasticml.launch.watchdog import HangWatchdog
 from elasticml.telemetry.events import EventLog
 
 EXIT_BARRIER_S = 10
 """How long an agent whose workers finished waits for the other nodes' workers to finish."""
-STOP_GRACE_ENV = "ELASTICML_STOP_GRACE"
 
 
 @dataclass
@@ -64,9 +68,12 @@ class ObservingAgent(LocalElasticAgent):
     """A `LocalElasticAgent` that writes what it sees to the event log (see the module)."""
 
     def __init__(self, *args, events: EventLog, watchdog: HangWatchdog | None = None,
-                 node: str | None = None, stop_grace: float = 30.0, **kwargs) -> None:
+                 node: str | None = None, stop_grace: float = 30.0,
+                 warm_args: tuple[str, ...] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.events, self.watchdog, self.stop_grace = events, watchdog, stop_grace
+        self.warm_args = warm_args
+        """The worker's arguments when its workers are forked from the zygote; None: cold."""
         self.node = node or socket.gethostname()
         self._round = 0
         self._last_world: int | None = None
@@ -95,10 +102,47 @@ class ObservingAgent(LocalElasticAgent):
     def _start_workers(self, worker_group):
         if self.watchdog is not None:
             self.watchdog.reset()
-        pids = super()._start_workers(worker_group)
+        pids = None
+        if self.warm_args is not None:
+            try:
+                pids = self._start_warm_workers(worker_group)
+            except (OSError, EOFError) as err:  # no zygote to fork from: a slower start
+                self.cold(f"cannot fork workers from the zygote ({type(err).__name__}: {err})")
+        if pids is None:
+            pids = super()._start_workers(worker_group)
         self.events.emit("workers_started", restart_count=self._restart_count(),
-                         pids=list(pids.values()))
+                         pids=list(pids.values()), warm=self.warm_args is not None)
         return pids
+
+    def cold(self, why: str) -> None:
+        """Start workers as fresh interpreters from now on, and say why (once)."""
+        self.warm_args = None
+        message = f"{why}; workers start as fresh interpreters from now on"
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+        self.events.emit("warning", message=message)
+
+    def _start_warm_workers(self, worker_group) -> dict[int, int]:
+        """torch's `_start_workers` with its process start swapped for `warm.WarmWorkers`:
+        the same environment, local watchdog, health check and log files."""
+        spec, restart_count = worker_group.spec, self._restart_count()
+        envs, args = {}, {}
+        for worker in worker_group.workers:
+            env = warm.worker_environment(worker_group, worker, restart_count)
+            self._set_local_rank_env(env, worker.local_rank, spec)
+            envs[worker.local_rank] = env
+            args[worker.local_rank] = tuple(
+                macros.substitute(list(self.warm_args), str(worker.local_rank)))
+        self._setup_local_watchdog(envs=envs)
+        self._setup_healthcheck()
+        workers = warm.WarmWorkers(spec.role, args, envs, self._logs_specs,
+                                   grace=self.stop_grace)
+        try:
+            workers.start()
+        except BaseException:  # as torch's start_processes: none of them is left running
+            workers.close(timeout=self.stop_grace)
+            raise
+        self._pcontext = workers
+        return workers.pids()
 
     def _stop_workers(self, worker_group) -> None:
         self._shutdown(timeout=int(round(self.stop_grace)))
@@ -202,8 +246,11 @@ def describe_failure(rank: int, failure) -> dict:
 def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
-    os.environ.update(plan.env)
-    os.environ[STOP_GRACE_ENV] = str(plan.stop_grace)
+    why_cold = None
+    try:
+        warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: zygote.py)
+    except OSError as err:
+        warm_workers, why_cold = False, f"the zygote did not start ({type(err).__name__}: {err})"
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,
@@ -230,12 +277,20 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
                             plan.collective_timeout) if plan.hang_timeout else None
     agent = ObservingAgent(spec=spec, logs_specs=config.logs_specs, start_method="spawn",
                            exit_barrier_timeout=EXIT_BARRIER_S, events=events,
-                           watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace)
+                           watchdog=watchdog, node=plan.local_addr, stop_grace=plan.stop_grace,
+                           warm_args=plan.worker_args if warm_workers else None)
     events.emit("launch", nnodes=plan.nnodes, nproc_per_node=plan.nproc_per_node,
                 backend=plan.rdzv_backend, endpoint=plan.rdzv_endpoint, run_id=plan.run_id,
                 command=plan.torchrun_command())
     started = time.perf_counter()
     try:
+        if warm_workers:
+            try:
+                zygote.wait_ready()
+            except (OSError, EOFError) as err:
+                why_cold = f"the zygote did not start ({type(err).__name__}: {err})"
+        if why_cold:
+            agent.cold(why_cold)
         result = agent.run()
     except BaseException as err:
         from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -105,6 +106,10 @@ def train(request: TrainRequest) -> int:
               "start another, or raise trainer.early_stopping.patience to train on")
         return 0
     plan = plan.pinned(pin_recipe(run_dir, recipe))
+    from elasticml.launch import zygote
+
+    with contextlib.suppress(OSError):  # launch() tries again, and says why it cannot
+        zygote.prepare(plan)  # warm workers: the zygote imports torch while this process does
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
 

@@ -70,6 +70,8 @@ class LaunchPlan:
     batch_plans: tuple[BatchPlan, ...] = field(default=())
     training_hash: str = ""
     """`recipe.load.training_hash` of the recipe the job started with."""
+    warm_workers: bool = False
+    """Workers are forked from a zygote (`launch/warm.py`), not started as interpreters."""
 
     @property
     def nnodes(self) -> str:
@@ -164,6 +166,7 @@ def plan_launch(recipe: Recipe, recipe_path: str | Path, overrides: list[str]) -
         collective_timeout=elastic.collective_timeout,
         batch_plans=batch_plans,
         training_hash=fingerprint,
+        warm_workers=elastic.warm_workers,
     )
 
 

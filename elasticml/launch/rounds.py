@@ -377,7 +377,7 @@ class RoundNode:
 
     def others_gone(self) -> bool:
         """Every node this node knows of has left or stopped beating."""
-        return not any(self._alive(n) for n in self.liveness.watched())
+        return not any(self._alive(n) for n in self.liveness.watched() if n != self.me.id)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -392,6 +392,10 @@ class ElasticConfig:
     `collective_timeout` + the time a checkpoint write takes."""
     local_addr: str | None = None
     """Address this node announces to the others; default: its hostname."""
+    warm_workers: bool = True
+    """Fork workers from a process that imported torch and elasticml once per node, instead of
+    starting a fresh interpreter per worker at every start, restart and regroup (Linux; the
+    `--dry-run` torchrun line starts them fresh). Off: every worker is a fresh interpreter."""
 
 
 @dataclass

@@ -10,6 +10,8 @@
   collective). The watchdog sends that signal before it ends a hung worker.
 
 The agent's pid is part of the names because several agents (nodes) may share one run dir.
+A worker finds it in `ELASTICML_AGENT_PID` (set by elasticml's agent, whose warm workers are
+children of its zygote, not of the agent), else as its parent (a cold worker under torchrun).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from pathlib import Path
 
 STACKS_SIGNAL = signal.SIGUSR1
 FINISHED = "finished"
+AGENT_PID_ENV = "ELASTICML_AGENT_PID"
+
+
+def agent_pid() -> int:
+    """The pid of the agent that runs this worker."""
+    return int(os.environ.get(AGENT_PID_ENV) or os.getppid())
 
 
 def progress_path(logs: Path, agent_pid: int, local_rank: int) -> Path:
@@ -39,7 +47,7 @@ class Progress:
 
     def __init__(self, logs: Path, local_rank: int) -> None:
         logs.mkdir(parents=True, exist_ok=True)
-        agent = os.getppid()
+        agent = agent_pid()
         self.path = progress_path(logs, agent, local_rank)
         self._fd: int | None = None  # created by the first completed step, not before
         self._stacks = open(stacks_path(logs, agent, local_rank), "a")  # noqa: SIM115 - kept open

@@ -104,9 +104,11 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> None:
+    """Train and leave with the worker's exit status (`os._exit`, see above): what
+    `python -m elasticml.train.worker` runs, and a warm worker after its fork (`warm.py`)."""
     try:
-        main()
+        main(argv)
         _leave(0)
     except UserError as err:  # bad input: a restart would meet it again (errors.py)
         print(f"error: {err}", file=sys.stderr)
@@ -120,3 +122,7 @@ if __name__ == "__main__":
     except Exception:  # noqa: BLE001 - recorded by @record already; exit as Python would
         traceback.print_exc()
         _leave(1)
+
+
+if __name__ == "__main__":
+    run()

@@ -142,12 +142,13 @@ def test_a_job_stopped_by_sigterm_everywhere_resumes_with_the_same_command(clust
 
 def test_a_join_into_a_group_of_two_is_a_membership_change_not_a_failure(cluster, store,
                                                                          tmp_path):
-    nodes = _standalone(cluster, tmp_path, store, "1:3")
+    steps = STEPS + 150  # time for a third node to start on a loaded machine before the end
+    nodes = _standalone(cluster, tmp_path, store, "1:3", f"trainer.max_steps={steps}")
     try:
         a, b = nodes.start(), nodes.start()
         nodes.stepping(a, 5, world_size=2)
         c = nodes.start()
-        _finished(nodes, a, b, c)
+        _finished(nodes, a, b, c, steps=steps)
     finally:
         nodes.stop()
     events = nodes.events()
