@@ -87,10 +87,17 @@ class MemoryKV:
         return MemoryKV(self.data, self._lock)
 
 
+ABSENT = b"\x00elasticml: no such key\x00"
+"""What a read through `compare_set` returns for a missing key; no value written is ever it."""
+
+
 class TCPStoreKV:
-    """c10d `TCPStore`. Missing keys are probed with `check` so no read waits on the store's
-    timeout; compare-and-set is the store's own `compare_set` (the empty string stands for
-    "missing", so values are never empty)."""
+    """c10d `TCPStore`. A read is a compare-and-set that never matches: `compare_set(key,
+    ABSENT, ABSENT)` answers the value, or ABSENT when there is none, and writes nothing. It
+    never waits: `check` then `get` waited the store's whole timeout when the key was deleted
+    in between (a new generation clearing old rounds while another node read them).
+    Compare-and-set is the store's own `compare_set` (the empty string stands for "missing",
+    so values are never empty)."""
 
     def __init__(self, store, connect=None, timeout: float = 30.0, keep=None) -> None:
         self._store, self._connect, self._timeout = store, connect, timeout
@@ -99,9 +106,8 @@ class TCPStoreKV:
 
     def get(self, key: str) -> bytes | None:
         with _unreachable_on_error():
-            if not self._store.check([key]):
-                return None
-            return bytes(self._store.get(key))
+            value = bytes(self._store.compare_set(key, ABSENT, ABSENT))
+        return None if value == ABSENT else value
 
     def set(self, key: str, value: bytes) -> None:
         with _unreachable_on_error():
