@@ -65,7 +65,8 @@ def dry_run_line(*args: str) -> list[str]:
     """The words of the job's `--dry-run` torchrun line, from `torchrun` on."""
     dry = Job([*train_command(*args), "--dry-run"], Path(tempfile.mkdtemp()) / "dry.log")
     dry.wait(60)
-    line = next((x for x in dry.output().splitlines() if " torchrun " in f" {x} "), None)
+    line = next((x for x in dry.output().splitlines()
+                 if not x.startswith("#") and " torchrun " in f" {x} "), None)
     if line is None:
         raise SystemExit(f"no torchrun line in the dry run:\n{dry.output()[-2000:]}")
     words = shlex.split(line)
