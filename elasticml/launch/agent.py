@@ -106,8 +106,8 @@ class ObservingAgent(LocalElasticAgent):
         if self.warm_args is not None:
             try:
                 pids = self._start_warm_workers(worker_group)
-            except (OSError, EOFError) as err:  # no zygote to fork from: a slower start
-                self.cold(f"cannot fork workers from the zygote ({type(err).__name__}: {err})")
+            except warm.NoZygote as err:  # no zygote to fork from: a slower start
+                self.cold(f"cannot fork workers from the zygote ({err})")
         if pids is None:
             pids = super()._start_workers(worker_group)
         self.events.emit("workers_started", restart_count=self._restart_count(),
@@ -251,6 +251,8 @@ def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
         warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: zygote.py)
     except OSError as err:
         warm_workers, why_cold = False, f"the zygote did not start ({type(err).__name__}: {err})"
+    if plan.warm_workers and not warm_workers and why_cold is None:
+        why_cold = "warm workers need pidfds (Linux 5.3 or later) and this node has none"
     config = plan.to_launch_config()
     params = RendezvousParameters(
         backend=plan.rdzv_backend,

@@ -25,11 +25,13 @@ How:
   torch's `LogsSpecs` named, takes a session of its own and runs the worker's entry point, so
   `@record` error files, exit codes and signals read exactly as a cold worker's;
 * the fork server reaps the workers and reports each exit status (a signal as a negative
-  code, as `subprocess` does); the agent signals them through pidfds, so a pid the kernel has
-  reused is never hit;
+  code, as `subprocess` does); the agent signals each worker through its pidfd, so a pid the
+  kernel has reused is never hit, and, as torch does for a cold worker, the worker's process
+  group too (its DataLoader workers and whatever else it started);
 * lifetimes: the zygote dies with the agent and the workers with the zygote
-  (`PR_SET_PDEATHSIG`), so no worker outlives its agent; the zygote ignores SIGTERM, so a
-  signal to the agent's process group reaches the workers, which save, without taking it down.
+  (`PR_SET_PDEATHSIG`), so no worker outlives its agent; the zygote blocks SIGTERM and the
+  workers are in sessions of their own, so a signal to the agent's process group (a scheduler
+  stopping the job) takes down neither: the agent's handler stops the workers, which save.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ from torch.distributed.elastic.multiprocessing.api import PContext, RunProcsResu
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from elasticml.train.warm import become_worker
+
+
+class NoZygote(RuntimeError):
+    """The zygote could not fork a worker (it did not start, or died): start them cold."""
 
 
 def worker_environment(worker_group, worker, restart_count: int) -> dict[str, str]:
@@ -96,9 +102,12 @@ class WarmWorkers(PContext):
             process = context.Process(
                 target=self.entrypoint, name=f"{self.name}-{rank}",
                 args=(self.args[rank], env, self.stdouts[rank], self.stderrs[rank]))
-            process.start()
+            try:
+                process.start()
+            except (OSError, EOFError) as err:  # no fork server, or it died while asked
+                raise NoZygote(f"{type(err).__name__}: {err}") from err
             self._processes[rank] = process
-            with contextlib.suppress(ProcessLookupError):  # already gone: nothing to signal
+            with contextlib.suppress(OSError):  # gone already, or no pidfds: `_signal` copes
                 self._pidfds[rank] = os.pidfd_open(process.pid)
 
     def _capture_exits(self) -> None:
@@ -145,7 +154,17 @@ class WarmWorkers(PContext):
                 os.close(self._pidfds.pop(rank))
 
     def _signal(self, rank: int, signum: signal.Signals) -> None:
-        pidfd = self._pidfds.get(rank)
-        if pidfd is not None:
-            with contextlib.suppress(ProcessLookupError):
+        """`signum` to the worker and, while it lives, to its process group (it leads one from
+        its first instructions on, `train/warm.py`)."""
+        process, pidfd = self._processes[rank], self._pidfds.get(rank)
+        try:
+            if pidfd is not None:
                 signal.pidfd_send_signal(pidfd, signum)
+            elif process.is_alive():  # no pidfd: the pid, which its zygote has not reaped
+                os.kill(process.pid, signum)
+            else:
+                return
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signum)

@@ -25,13 +25,24 @@ from elasticml.train.checkpoint import STOP_GRACE_ENV
 from elasticml.train.progress import AGENT_PID_ENV
 
 PRELOAD = ("__main__", "elasticml.train.zygote")
-"""What the zygote imports before it forks: the agent's main module (a console script would
-otherwise be run again in every worker) and the zygote's preparation."""
+"""What the zygote imports before it forks: the agent's main module and the zygote's
+preparation. Python 3.11's fork server drops the main module (it passes on only a key that
+`multiprocessing.spawn` no longer writes), so each worker imports the `elasticml` console
+script itself, as `__mp_main__` (~40 ms: the CLI module; `python -m elasticml` costs nothing:
+`multiprocessing` skips a package's `__main__`)."""
 
 
 def available() -> bool:
-    """Warm workers need Linux (`fork`, `prctl`, pidfds); elsewhere workers start cold."""
-    return sys.platform == "linux" and hasattr(os, "pidfd_open")
+    """Warm workers need Linux (`fork`, `prctl`) and pidfds that this kernel (5.3 or later)
+    and its sandbox (a seccomp profile may refuse the call) allow; elsewhere workers start
+    cold."""
+    if sys.platform != "linux" or not hasattr(os, "pidfd_open"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def prepare(plan) -> bool:

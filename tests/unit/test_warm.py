@@ -109,7 +109,7 @@ def test_without_a_zygote_to_fork_from_workers_start_cold_with_a_warning(tmp_pat
             pass
 
         def start(self) -> None:
-            raise ConnectionRefusedError("no fork server")
+            raise warm.NoZygote("ConnectionRefusedError: no fork server")
 
         def close(self, timeout: float) -> None:
             closed.append(timeout)
@@ -125,6 +125,23 @@ def test_without_a_zygote_to_fork_from_workers_start_cold_with_a_warning(tmp_pat
     assert "no fork server" in warning["message"]
     [started] = of_kind(read_events(tmp_path / "events"), "workers_started")
     assert started["warm"] is False
+
+
+def test_an_error_that_is_not_the_zygote_s_is_not_blamed_on_it(tmp_path, monkeypatch):
+    """A full disk while making a worker's log directory is not a reason to start cold."""
+    logs = DefaultLogsSpecs(log_dir=str(tmp_path / "logs"), redirects=Std.ALL)
+    agent = ObservingAgent(_group().spec, logs_specs=logs,
+                           events=EventLog(tmp_path / "events", "agent"),
+                           warm_args=("r.yaml", "--training-hash", "h"))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(warm, "WarmWorkers", full)
+    with pytest.raises(OSError, match="No space"):
+        agent._start_workers(_group())
+    assert agent.warm_args is not None
+    assert not of_kind(read_events(tmp_path / "events"), "warning")
 
 
 FAILING_ZYGOTE = """
@@ -235,6 +252,52 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
         _ready(workers)
         workers.close(signal.SIGTERM, timeout=0.5)
         assert workers.wait(0).failures[0].exitcode == -signal.SIGKILL
+    finally:
+        workers.close(signal.SIGKILL, timeout=5)
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_closing_a_worker_ends_what_it_started_too(tmp_path):
+    """As torch signals a cold worker's process group: its DataLoader workers, for one."""
+    workers = _workers(tmp_path, "with-child")
+    try:
+        _ready(workers)
+        pid = workers.pids()[0]
+        assert len(_group_members(pid)) == 2, "the worker and its child"
+        workers.close(signal.SIGTERM, timeout=10)
+        deadline = time.monotonic() + 10
+        while _group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_members(pid)
+    finally:
+        workers.close(signal.SIGKILL, timeout=5)
+
+
+def test_without_pidfds_a_worker_is_still_stopped(tmp_path, monkeypatch):
+    """A kernel before 5.3, or a sandbox that refuses `pidfd_open`: the pid is signalled."""
+
+    def refused(pid, flags=0):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "pidfd_open", refused)
+    assert not zygote.available(), "such a node starts its workers cold"
+    workers = _workers(tmp_path, "sleep")
+    try:
+        _ready(workers)
+        pid = workers.pids()[0]
+        workers.close(signal.SIGTERM, timeout=10)
+        assert not _alive(pid)
     finally:
         workers.close(signal.SIGKILL, timeout=5)
 

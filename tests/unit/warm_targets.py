@@ -36,6 +36,10 @@ def behave(args: tuple[str, ...], env: dict[str, str], stdout: str, stderr: str)
         os._exit(int(what.partition(":")[2]))
     if what == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if what == "with-child":  # a process of its own, in its group, as a DataLoader worker is
+        import subprocess
+
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     if what == "ignore-sigterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print("ready")
