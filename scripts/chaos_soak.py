@@ -174,9 +174,8 @@ def _is_worker(pid: int) -> bool:
 def final_parameters(run_root: Path):
     from elasticml.train.checkpoint import CheckpointManager
 
-    manager = CheckpointManager(run_root / "tiny" / "checkpoints")
-    step, state = manager.newest()
-    return step, state["model"]
+    newest = CheckpointManager(run_root / "tiny" / "checkpoints").newest()
+    return (None, None) if newest is None else (newest[0], newest[1]["model"])
 
 
 def undisturbed(work: Path):
@@ -224,10 +223,11 @@ def main() -> None:
         print(f"steps lost in resumes: {sum(lost)} ({len(lost)} resumes behind)")
         print(f"restarts: {len(of_kind(events, 'restart'))}, failures: "
               f"{len(of_kind(events, 'worker_failed'))}")
-        trained = [n for n in finishers
-                   if of_kind(soak.nodes.events(n), "done", step=STEPS)]
-        if trained:
-            step, params = final_parameters(soak.nodes.run_root(trained[0]))
+        # every node keeps its own disk: the final state is on the node(s) that saved it
+        saved = [final_parameters(soak.nodes.run_root(n)) for n in exits]
+        final = [(step, params) for step, params in saved if step == STEPS]
+        if final:
+            step, params = final[0]
             calm_step, calm = undisturbed(work)
             worst = max(float((params[k] - calm[k]).abs().max()) for k in calm)
             print(f"final parameters vs an undisturbed run (step {step} vs {calm_step}): "
