@@ -206,32 +206,29 @@ def test_a_forked_worker_is_set_up_as_a_fresh_one(tmp_path, monkeypatch):
     assert seen["env"]["TORCHELASTIC_ERROR_FILE"] == workers.error_files[0]
 
 
-def test_every_failure_is_recorded_and_the_others_are_stopped(tmp_path):
-    workers = _workers(tmp_path, "sleep", "sigkill")
+def _ran(tmp_path, *behaviours: str):
+    """Start workers that behave as told and wait for their result."""
+    workers = _workers(tmp_path, *behaviours)
     try:
-        result = _result(workers)
+        return _result(workers)
     finally:
         workers.close()
+
+
+def test_every_failure_is_recorded_and_the_others_are_stopped(tmp_path):
+    result = _ran(tmp_path, "sleep", "sigkill")
     codes = {rank: failure.exitcode for rank, failure in result.failures.items()}
     assert codes == {0: -signal.SIGTERM, 1: -signal.SIGKILL}, "the other one was stopped"
     assert describe_failure(1, result.failures[1])["signal"] == "SIGKILL"
 
 
 def test_an_exit_status_is_the_worker_s_own(tmp_path):
-    workers = _workers(tmp_path, "exit:3")
-    try:
-        result = _result(workers)
-    finally:
-        workers.close()
+    result = _ran(tmp_path, "exit:3")
     assert describe_failure(0, result.failures[0])["error"] == "exited with code 3"
 
 
 def test_a_sigterm_sent_before_the_set_up_is_not_lost(tmp_path):
-    workers = _workers(tmp_path, "early-sigterm")
-    try:
-        result = _result(workers)
-    finally:
-        workers.close()
+    result = _ran(tmp_path, "early-sigterm")
     assert result.failures[0].exitcode == -signal.SIGTERM
 
 
