@@ -28,8 +28,10 @@ Failure modes an operator meets here:
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -246,6 +248,9 @@ def describe_failure(rank: int, failure) -> dict:
 def launch(plan: LaunchPlan, events: EventLog) -> Outcome:
     """Rendezvous, start and supervise this node's workers until the job ends."""
     rendezvous.register()
+    # `kill -USR2 <agent pid>` prints every thread's stack on the agent's stderr, even while
+    # its main thread is stuck in a call into torch (docs/operations.md).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     why_cold = None
     try:
         warm_workers = zygote.prepare(plan)  # environment and zygote (idempotent: zygote.py)

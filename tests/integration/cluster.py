@@ -132,6 +132,9 @@ class Job:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # an agent prints its stacks
+                os.kill(self.pid, signal.SIGUSR2)
+                time.sleep(1)
             raise AssertionError(f"{self.command[:6]} still running after {timeout} s; "
                                  f"output:\n{self.output()[-3000:]}") from None
 
