@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config) -> None:
+    """Tests press Ctrl-C (SIGINT) on agents they start. A suite started in the background of
+    a script (`cmd &`) inherits SIGINT ignored, and so would every agent it starts, which
+    then cannot be interrupted: give this process, and so its children, the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
