@@ -99,49 +99,29 @@ class TCPStoreKV:
     Compare-and-set is the store's own `compare_set` (the empty string stands for "missing",
     so values are never empty)."""
 
-    REQUEST_S = 10.0
-    """The longest one request may take (none of these waits for anything on the server)."""
-
     def __init__(self, store, connect=None, timeout: float = 30.0, keep=None) -> None:
         self._store, self._connect, self._timeout = store, connect, timeout
-        # What must live as long as this object: the first store (it may host the server)
-        # and the listening socket it serves on.
-        self._keep = (store, keep)
-        self._broken = False
-        store.set_timeout(timedelta(seconds=min(timeout, self.REQUEST_S)))
+        self._keep = keep  # what must live as long as this connection (a listening socket)
+        store.set_timeout(timedelta(seconds=timeout))
 
     def get(self, key: str) -> bytes | None:
-        value = bytes(self._request(lambda store: store.compare_set(key, ABSENT, ABSENT)))
+        with _unreachable_on_error():
+            value = bytes(self._store.compare_set(key, ABSENT, ABSENT))
         return None if value == ABSENT else value
 
     def set(self, key: str, value: bytes) -> None:
-        self._request(lambda store: store.set(key, value))
+        with _unreachable_on_error():
+            self._store.set(key, value)
 
     def compare_and_set(self, key: str, expected: bytes | None, desired: bytes) -> bool:
-        now = self._request(lambda store: store.compare_set(key, expected or b"", desired))
+        with _unreachable_on_error():
+            now = self._store.compare_set(key, expected or b"", desired)
         return bytes(now) == desired
 
     def delete(self, keys: list[str]) -> None:
-        def delete(store) -> None:
-            for key in keys:
-                store.delete_key(key)
-
-        self._request(delete)
-
-    def _request(self, operation):
-        """`operation` on this connection. A connection on which a request failed (timed out,
-        reset) is not used again: an answer that arrives late would be read as the answer to
-        the next request. The next request opens a new one."""
         with _unreachable_on_error():
-            if self._broken:
-                store = self._connect()
-                store.set_timeout(timedelta(seconds=min(self._timeout, self.REQUEST_S)))
-                self._store, self._broken = store, False
-            try:
-                return operation(self._store)
-            except BaseException:
-                self._broken = self._connect is not None
-                raise
+            for key in keys:
+                self._store.delete_key(key)
 
     def delete_prefix(self, prefix: str) -> None:
         return None  # a TCPStore cannot list its keys; callers delete what they know
