@@ -27,7 +27,7 @@ app.add_typer(rendezvous_app, name="rendezvous")
 export_app = typer.Typer(help="Launch files that run a recipe elastically under a scheduler.",
                          no_args_is_help=True)
 app.add_typer(export_app, name="export")
-checkpoints_app = typer.Typer(help="Encrypt or decrypt a run's checkpoint files.",
+checkpoints_app = typer.Typer(help="Encrypt, decrypt or export a run's checkpoints.",
                               no_args_is_help=True)
 app.add_typer(checkpoints_app, name="checkpoints")
 
@@ -300,6 +300,23 @@ def checkpoints_decrypt(
     from elasticml.checkpoint_files import Conversion
 
     raise typer.Exit(_converted(Conversion(target, False, output, in_place, key_file)))
+
+
+@checkpoints_app.command("export")
+def checkpoints_export(
+    target: CheckpointTarget,
+    output: Annotated[str, typer.Option("--output", "-o", help="The file to write.")],
+    key_file: KeyFile = None,
+) -> None:
+    """Write a checkpoint's model (a step-N.pt file, a sharded step-N.dcp folder, or a run's
+    newest) as one plain torch.save state dict."""
+    from elasticml.export.weights import export_weights
+
+    try:
+        export_weights(target, output, key_file)
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(err.exit_code) from None
 
 
 def _converted(request) -> int:

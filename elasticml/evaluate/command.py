@@ -116,36 +116,57 @@ def run_eval(request: EvalRequest) -> int:
 
 
 def resolve_checkpoint(target: str, key_file: str | None = None) -> Source:
-    """A checkpoint file, or a run directory's newest checkpoint that reads back intact."""
+    """A checkpoint (a `step-N.pt` file or a sharded `step-N.dcp` folder), or a run
+    directory's (or checkpoint folder's) newest checkpoint that reads back intact."""
     from elasticml.checkpoint_files import cipher_for
-    from elasticml.train.checkpoint import CheckpointManager, CorruptCheckpoint, read_checkpoint
+    from elasticml.train.checkpoint import (
+        CorruptCheckpoint,
+        is_sharded_checkpoint,
+        read_any_checkpoint,
+    )
 
     path = Path(target).expanduser()
     if not path.exists():
         raise UserError(f"checkpoint not found: {target}")
     cipher = cipher_for(path, key_file)
-    if path.is_dir():
-        run = RunDir(path.resolve())
-        folder = run.checkpoints if run.checkpoints.is_dir() else path
-        with warnings.catch_warnings(record=True) as skipped:
-            warnings.simplefilter("always")
-            newest = CheckpointManager(folder, cipher=cipher).newest()
-        for warning in skipped:
-            _note(str(warning.message))
-        if newest is None:
-            raise UserError(f"{target}: no readable checkpoint (step-N.pt) in {folder}")
-        step, state = newest
-        path = CheckpointManager(folder).path_for(step)
-        _note(f"using the newest good checkpoint of {target}: {path.name} (step {step})")
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        path, state = _newest_in(target, path, cipher)
     else:
         try:
-            state = read_checkpoint(path, cipher)
+            state = read_any_checkpoint(path, cipher)
         except CorruptCheckpoint as err:
             raise UserError(str(err)) from None
     if not isinstance(state, dict) or not {"model", "recipe", "step"} <= state.keys():
         raise UserError(f"{path}: not an elasticml training checkpoint (no model, recipe and "
                         "step inside)")
     return Source(path.resolve(), state, _run_dir_of(path.resolve()), cipher)
+
+
+def _newest_in(target: str, path: Path, cipher) -> tuple[Path, dict]:
+    """(the newest checkpoint that reads back intact, its state) of a run directory or a
+    checkpoint folder: `step-N.pt` files and `step-N.dcp` folders alike."""
+    from elasticml.train.checkpoint import CheckpointManager
+    from elasticml.train.sharded_checkpoint import newest_verified, read_sharded
+
+    run = RunDir(path.resolve())
+    folder = run.checkpoints if run.checkpoints.is_dir() else path
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        plain = CheckpointManager(folder, cipher=cipher).newest()
+        sharded = newest_verified(folder, lambda message: warnings.warn(message, stacklevel=2))
+    for warning in skipped:
+        _note(str(warning.message))
+    if plain is None and sharded < 0:
+        raise UserError(f"{target}: no readable checkpoint (step-N.pt or step-N.dcp) in "
+                        f"{folder}")
+    if plain is not None and plain[0] >= sharded:
+        step, state = plain
+        path = CheckpointManager(folder).path_for(step)
+    else:
+        step, path = sharded, folder / f"step-{sharded}.dcp"
+        state = read_sharded(path)
+    _note(f"using the newest good checkpoint of {target}: {path.name} (step {step})")
+    return path, state
 
 
 def _run_dir_of(checkpoint: Path) -> RunDir | None:

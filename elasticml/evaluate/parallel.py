@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
 
     from elasticml.evaluate.scoring import eval_device, score_shard
     from elasticml.recipe.load import recipe_from_dict
-    from elasticml.train.checkpoint import read_checkpoint
+    from elasticml.train.checkpoint import read_any_checkpoint
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     resolved = recipe_from_dict(recipe)
@@ -55,7 +55,8 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank,
                             world_size=world, timeout=timedelta(minutes=10))
     try:
-        state = read_checkpoint(checkpoint, cipher) if cipher else read_checkpoint(checkpoint)
+        state = read_any_checkpoint(checkpoint, cipher) if cipher else \
+            read_any_checkpoint(checkpoint)
         metrics = score_shard(state, resolved, split, rank, world, device, trust_code)
         if rank == 0:
             Path(folder, "metrics.json").write_text(json.dumps(metrics))

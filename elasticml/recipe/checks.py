@@ -19,6 +19,7 @@ CHOICES = {
     "trainer.batch_policy": ("fixed", "linear"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "trainer.precision": ("fp32", "bf16"),
+    "trainer.strategy": ("ddp", "fsdp", "hsdp"),
     "trainer.early_stopping.mode": ("auto", "max", "min"),
     "elastic.rdzv.backend": ("c10d", "etcd", "etcd-v2"),
 }
@@ -100,6 +101,11 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
     _positive(problems, "trainer.log_every", t.log_every)
     _positive(problems, "trainer.threads", t.threads)
     problems += _check_early_stopping(recipe) + _check_key_file(recipe)
+    if t.strategy != "ddp" and t.encrypt_checkpoints:
+        problems.append(("trainer.encrypt_checkpoints", f"not available with strategy "
+                         f"{t.strategy} (its sharded checkpoints are written by torch."
+                         "distributed.checkpoint, unencrypted): use strategy ddp, or an "
+                         "encrypted filesystem for trainer.checkpoint_dir"))
     if not is_component(recipe.optimizer):
         _positive(problems, "optimizer.lr", recipe.optimizer.lr)
         _positive(problems, "optimizer.weight_decay", recipe.optimizer.weight_decay,

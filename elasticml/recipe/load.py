@@ -118,11 +118,15 @@ TRAINING_SECTIONS = ("task", "data", "model", "loss", "metrics", "optimizer", "s
 VOLATILE_TRAINER_KEYS = ("max_steps", "epochs", "eval_every", "checkpoint_every",
                          "keep_checkpoints", "async_checkpoint", "log_every", "threads",
                          "micro_batch_size", "early_stopping", "encrypt_checkpoints",
-                         "checkpoint_key_file")
+                         "checkpoint_key_file", "checkpoint_dir", "activation_checkpointing")
 """Trainer keys a run may change between launches without becoming another training: how
-long it trains (when it stops early included), how often it reports or saves, how its
-checkpoints are kept on disk, and how a rank cuts its share into micro-batches (the loss is
-normalised by the global batch, so the update is the same)."""
+long it trains (when it stops early included), how often it reports or saves, how and where
+its checkpoints are kept on disk, how a rank cuts its share into micro-batches (the loss is
+normalised by the global batch, so the update is the same), and whether activations are
+recomputed (the same numbers, less memory)."""
+DEFAULT_ONLY_TRAINER_KEYS = {"strategy": "ddp"}
+"""Trainer keys that joined the hash after its scheme was fixed: left out while they hold
+their default, so a run started before them still resumes."""
 HASH_SCHEME = 2
 """Stored next to `training_hash` in checkpoints; a checkpoint of another scheme is not
 compared (its hash was computed from other fields)."""
@@ -148,6 +152,9 @@ def training_hash(recipe: Recipe) -> str:
     relevant["seed"] = data["run"]["seed"]
     for volatile in VOLATILE_TRAINER_KEYS:
         relevant["trainer"].pop(volatile, None)
+    for key, default in DEFAULT_ONLY_TRAINER_KEYS.items():
+        if relevant["trainer"].get(key) == default:
+            relevant["trainer"].pop(key)
     relevant["files"] = {key: _file_fingerprint(path) for key, path in _named_files(recipe)}
     relevant["data"].pop("loader", None)  # how samples are read, not which
     blob = json.dumps(relevant, sort_keys=True).encode()

@@ -295,7 +295,20 @@ class TrainerConfig:
     device: str = "auto"
     """auto | cpu | cuda"""
     precision: str = "fp32"
-    """fp32 | bf16 (autocast)"""
+    """fp32 | bf16 (autocast; with fsdp/hsdp also bf16 parameters in compute, fp32 gradient
+    reduction)"""
+    strategy: str = "ddp"
+    """ddp: every rank holds the whole model. fsdp: parameters, gradients and optimizer state
+    sharded over all ranks (FSDP2). hsdp: sharded within a node, replicated across nodes.
+    fsdp/hsdp write sharded checkpoints (torch.distributed.checkpoint) that resume at any world
+    size; see docs/sharding.md for what a failure costs under each."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of keeping them (the
+    blocks are the ones fsdp shards: the members of the model's ModuleLists/Sequentials)."""
+    checkpoint_dir: str | None = None
+    """Where checkpoints are written; default `<run dir>/checkpoints`. With fsdp/hsdp every
+    rank writes its shards into it, so on more than one node it must be a folder every node
+    reaches (a shared filesystem): a start where it is not says so in one line."""
     compile: bool = False
     """torch.compile the model."""
     threads: int | None = None

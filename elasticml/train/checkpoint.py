@@ -50,6 +50,8 @@ LOCK = ".lock"
 STOP_GRACE_ENV = "ELASTICML_STOP_GRACE"
 DEFAULT_STOP_GRACE_S = 30.0
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+SHARDED_STATE = "state.pt"
+SHARDED_METADATA = ".metadata"
 
 
 class CorruptCheckpoint(ValueError):
@@ -89,6 +91,22 @@ def verified(blob: bytes, source: str = "checkpoint", cipher: Cipher = PLAIN) ->
 
 def read_checkpoint(path: str | Path, cipher: Cipher = PLAIN) -> dict:
     return decode(read_bytes(path), str(path), cipher)
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A `step-N.dcp` folder (`sharded_checkpoint.py`), told apart without importing torch."""
+    return path.is_dir() and (path / SHARDED_STATE).is_file() and \
+        (path / SHARDED_METADATA).is_file()
+
+
+def read_any_checkpoint(path: str | Path, cipher: Cipher = PLAIN) -> dict:
+    """A `step-N.pt` file's state, or a sharded checkpoint's (`step-N.dcp` folder: its state
+    with the whole model as `model`, `sharded_checkpoint.read_sharded`)."""
+    if Path(path).is_dir():
+        from elasticml.train.sharded_checkpoint import read_sharded
+
+        return read_sharded(Path(path))
+    return read_checkpoint(path, cipher)
 
 
 def read_bytes(path: str | Path) -> bytes:

@@ -32,13 +32,12 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from elasticml.data.loader import TrainBatches, subset
 from elasticml.data.sampler import ElasticSampler, rank_share
 from elasticml.errors import UserError
 from elasticml.jobkey import read_job_key
-from elasticml.recipe.checks import parse_nnodes
+from elasticml.recipe.checks import parse_nnodes, recipe_path
 from elasticml.recipe.load import HASH_SCHEME, recipe_to_dict, recipe_to_yaml, training_hash
 from elasticml.recipe.resources import threads_per_worker
 from elasticml.recipe.schema import Recipe
@@ -55,8 +54,20 @@ from elasticml.train.optim import LearningRate, build_optimizer
 from elasticml.train.parts import grad_clip, own_optimizer, own_scheduler
 from elasticml.train.progress import Progress, last_progress
 from elasticml.train.randomness import seed_step
-from elasticml.train.recovery import NOTHING, agree_on_state, share
+from elasticml.train.recovery import NOTHING, Agreed, agree_on_state, share
 from elasticml.train.sample_log import SampleLog
+from elasticml.train.sharded_checkpoint import BEST as BEST_SHARDED
+from elasticml.train.sharded_checkpoint import NotShared, ShardedCheckpoints, read_rest
+from elasticml.train.sharding import (
+    distribute,
+    gradient_sync,
+    layout_for,
+    local_world_size,
+    recompute_blocks,
+    replica_group,
+    resident_bytes,
+    whole_copy,
+)
 from elasticml.train.stopping import StopFlag, StopRequested
 from elasticml.train.validation import Validation
 
@@ -76,14 +87,16 @@ class Trainer:
         self.events = EventLog(self.run_dir.events, "worker", rank=self.rank,
                                local_rank=self.local_rank, world_size=self.world_size,
                                restart_count=self.restart_count)
-        self.checkpoints = CheckpointManager(self.run_dir.checkpoints,
-                                             recipe.trainer.keep_checkpoints, warn=self._warn,
-                                             grace_s=stop_grace_s(),
-                                             cipher=recipe_cipher(recipe))
+        self.checkpoint_dir = recipe_path(recipe, recipe.trainer.checkpoint_dir) \
+            if recipe.trainer.checkpoint_dir else self.run_dir.checkpoints
+        self.layout = layout_for(recipe.trainer.strategy, self.world_size, local_world_size())
+        self.checkpoints = None if self.layout.sharded else CheckpointManager(
+            self.checkpoint_dir, recipe.trainer.keep_checkpoints, warn=self._warn,
+            grace_s=stop_grace_s(), cipher=recipe_cipher(recipe))
         self.training_hash = training_hash(recipe)
         self.job_key = read_job_key(None)
         self.step = 0
-        self.stop = StopFlag()
+        self.stop = StopFlag(agreed=self.layout.sharded)
         self._before = None  # this node's progress before this attempt (for `recovered`)
 
     # --- setup -------------------------------------------------------------------------
@@ -98,17 +111,25 @@ class Trainer:
         timeout = timedelta(seconds=recipe.elastic.collective_timeout)
         dist.init_process_group(backend, timeout=timeout,
                                 device_id=self.device if backend == "nccl" else None)
-        self.events.emit("start", step=None, backend=backend, device=str(self.device))
+        self.events.emit("start", step=None, backend=backend, device=str(self.device),
+                         strategy=self.layout.describe())
+        if self.layout.sharded:
+            self._open_sharded_checkpoints()
 
         self.task = build_task(recipe)
         self.splits = self.task.splits()
         torch.manual_seed(recipe.run.seed)
         model = self.task.build_model().to(self.device)
         self.model = model
-        self.train_model = torch.compile(model) if trainer.compile else model
-        if self.world_size > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
+        if trainer.activation_checkpointing:
+            recompute_blocks(model)
+        if self.layout.sharded:  # sharded in place; compiled after
+            _, self.mesh = distribute(model, self.layout, self.device, trainer.precision)
+            self.train_model = torch.compile(model) if trainer.compile else model
+        else:
+            self.train_model, self.mesh = distribute(
+                torch.compile(model) if trainer.compile else model, self.layout, self.device,
+                trainer.precision)
         min_nodes, _ = parse_nnodes(recipe.elastic.nnodes)
         min_world = min_nodes * recipe.elastic.nproc_per_node
         self.plan = plan_batches(trainer, self.world_size, min_world)
@@ -132,6 +153,21 @@ class Trainer:
         signal.signal(signal.SIGTERM, self.stop.set)
         self._open_batches()
 
+    def _open_sharded_checkpoints(self) -> None:
+        """The sharded checkpoints of fsdp/hsdp: one folder every rank writes into, checked to
+        be one folder for all (a folder of its own per node would hold no whole checkpoint)."""
+        self.checkpoints = ShardedCheckpoints(
+            self.checkpoint_dir, self.recipe.trainer.keep_checkpoints, warn=self._warn,
+            grace_s=stop_grace_s(), wait_s=self.recipe.elastic.collective_timeout)
+        try:
+            self.checkpoints.check_shared(self.device)
+        except NotShared as err:
+            raise UserError(f"trainer.checkpoint_dir: {err}: with strategy "
+                            f"{self.recipe.trainer.strategy} every rank writes its shards into "
+                            "one folder; set trainer.checkpoint_dir to a folder on a filesystem "
+                            "every node mounts") from None
+        self.checkpoints.remove_leftovers()
+
     def _open_batches(self) -> None:
         """The training loader, built from the sampler's cursor as it stands: the loader's
         workers read ahead, the cursor in the training state moves only when a step
@@ -144,7 +180,10 @@ class Trainer:
 
     def _restore(self) -> None:
         device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        agreed = agree_on_state(self.checkpoints, device, self.job_key)
+        if self.layout.sharded:
+            agreed = self._agree_on_sharded_state(device)
+        else:
+            agreed = agree_on_state(self.checkpoints, device, self.job_key)
         if agreed.state is not None:
             self._check_trained_here(agreed)
             self.load_state(agreed.state)
@@ -163,6 +202,21 @@ class Trainer:
         if self.rank == 0 and not self.run_dir.recipe.exists():
             write_atomically(self.run_dir.recipe, recipe_to_yaml(self.recipe).encode())
 
+    def _agree_on_sharded_state(self, device: torch.device) -> Agreed:
+        """Rank 0 picks the newest sharded checkpoint that verifies; every rank loads its
+        shards of it at this world size (resharded by torch.distributed.checkpoint). Only
+        the rest of the state (step, sampler, ...) is returned for `load_state`."""
+        started = time.perf_counter()
+        step = self.checkpoints.agree_on_newest(device)
+        if step == NOTHING:
+            return Agreed(NOTHING, -1, None, NOTHING, time.perf_counter() - started)
+        path = self.checkpoints.path_for(step)
+        agreed = Agreed(step, 0, read_rest(path), step, 0.0)
+        self._check_trained_here(agreed)
+        agreed.state = self.checkpoints.load(path, self.model, self.optimizer)
+        agreed.seconds = time.perf_counter() - started
+        return agreed
+
     def _check_trained_here(self, agreed) -> None:
         """Refuse a state trained under another recipe (the training hash differs)."""
         state = agreed.state
@@ -180,10 +234,14 @@ class Trainer:
     # --- state -------------------------------------------------------------------------
 
     def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **self.rest_state()}
+
+    def rest_state(self) -> dict:
+        """Everything `state()` holds but the model and optimizer (which a sharded checkpoint
+        keeps in its shards)."""
         return {
             "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "best": self.validation.best,
             "early_stopping": self.validation.early_stopping.state_dict(),
@@ -197,8 +255,11 @@ class Trainer:
         }
 
     def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Load a state; without `model` and `optimizer` (a sharded checkpoint's rest), those
+        are already loaded."""
+        if "model" in state:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         if self.own_schedule is not None and "scheduler" in state:
             self.own_schedule.load_state_dict(state["scheduler"])
@@ -219,10 +280,15 @@ class Trainer:
             self._save_last_completed(reason="signal")
             raise SystemExit(SIGTERM_EXIT) from None
         except Exception as err:
-            self._save_last_completed(reason="failure", error=err)
+            if self.layout.sharded:  # the job's group is broken: a replica may still save
+                self._save_replica(err)
+                self.checkpoints = None
+            else:
+                self._save_last_completed(reason="failure", error=err)
             raise
         finally:
-            self.checkpoints.wait()
+            if self.checkpoints is not None:
+                self.checkpoints.wait()
 
     def train(self) -> None:
         trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
@@ -232,12 +298,15 @@ class Trainer:
             self.validate(counts=True)
         while not (self.horizon.done(self.step, self.sampler.samples_seen)
                    or self.validation.early_stopping.stopped):
-            self.stop.check()
+            self.stop.at_step_boundary()
             self.faults.before_step(self.step)
             started = time.perf_counter()
             loss_sum, count = self.train_step()
             if trainer.compile and self.step == resumed_at:  # compilation happens in step one
                 self.events.emit("compiled", seconds=round(time.perf_counter() - started, 3))
+            if self.step == resumed_at:  # the optimizer's state exists after its first step
+                self.events.emit("memory", strategy=self.layout.strategy,
+                                 **resident_bytes(self.model, self.optimizer))
             self.step += 1
             self.progress.write(self.step)
             if self._before is not None:
@@ -279,9 +348,7 @@ class Trainer:
                                   enabled=self.recipe.trainer.precision == "bf16")
         for index, chunk in enumerate(share.chunks):
             last = index == len(share.chunks) - 1
-            sync = contextlib.nullcontext() if last or self.world_size == 1 else \
-                self.train_model.no_sync()
-            with sync:
+            with gradient_sync(self.model, self.train_model, sync=last):
                 batch = self.batches.next(chunk)  # the loader's batch of exactly `chunk`
                 with autocast:
                     summed = loss_sum(self.task.loss(self.train_model, batch), len(chunk))
@@ -315,7 +382,13 @@ class Trainer:
     # --- validation, checkpoints, the end ----------------------------------------------
 
     def evaluate(self, split: str, model: torch.nn.Module | None = None) -> dict:
-        data, model = self.splits[split], model or self.model
+        """Score `split` (this rank's share of it) with `model`, by default the model being
+        trained: under fsdp/hsdp a whole copy of it (collective), so that no rank waits on
+        another's batches."""
+        if model is None:
+            model = whole_copy(self.model, self.task.build_model) if self.layout.sharded \
+                else self.model
+        data = self.splits[split]
         if split == "train":  # the training report: a fixed sample, not a second epoch
             data = subset(data, TRAIN_REPORT_ROWS, self.recipe.run.seed)
         model.eval()
@@ -337,7 +410,14 @@ class Trainer:
 
     def save(self, reason: str, name: str | None = None) -> None:
         """Rank 0 writes; `best.pt` is written on every node (by its local rank 0), so that
-        the best model outlives the loss of any one node for an early stop's reports."""
+        the best model outlives the loss of any one node for an early stop's reports. Under
+        fsdp/hsdp every rank writes its shards (`best.dcp` for the best)."""
+        if self.layout.sharded:
+            self.checkpoints.save(self.model, self.optimizer, self.rest_state(), self.step,
+                                  background=self.recipe.trainer.async_checkpoint,
+                                  name=BEST_SHARDED if name == "best.pt" else name,
+                                  on_durable=self._announce(reason))
+            return
         if self.rank != 0 and not (name == "best.pt" and self.local_rank == 0):
             return
         self.checkpoints.save(self.state(), self.step, name=name,
@@ -366,11 +446,13 @@ class Trainer:
         with self.stop.between_batches():
             reports["test"] = self.evaluate("test", model)
             reports["train"] = self.evaluate("train", model)
+        if self.layout.sharded and not self.checkpoints.has(self.step):
+            self.save("final")  # every rank writes its shards
         if self.rank == 0:
             for split in ("test", "train"):
                 self.events.emit("eval", step=self.step, split=split, metrics=reports[split],
                                  weights_step=weights_step)
-            if self.step not in self.checkpoints.steps():
+            if not self.layout.sharded and self.step not in self.checkpoints.steps():
                 self.save("final")
             self.checkpoints.wait()
             _write_reports(self.run_dir, self.step, reports, self.validation.best,
@@ -393,13 +475,17 @@ class Trainer:
         it; the others get its weights from the lowest such rank (sealed and, with encryption
         on, encrypted like the state at a restart), so a node that joined after the best, or
         whose disk lost it, needs no shared filesystem. When no node holds it (every node
-        that wrote it is gone), the reports score the last step's model, with a warning."""
-        self.checkpoints.wait()  # this node's own best.pt, if it was being written
+        that wrote it is gone), the reports score the last step's model, with a warning.
+        Under fsdp/hsdp every rank reads the whole model from `best.dcp` in the shared folder."""
         best = self.validation.best
-        local = self.checkpoints.read_best(best)
-        device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        weights, _ = share({"model": local["model"]} if local else None, device,
-                           self.job_key, self.checkpoints.cipher)
+        if self.layout.sharded:
+            weights = self.checkpoints.read_best(best)
+        else:
+            self.checkpoints.wait()  # this node's own best.pt, if it was being written
+            local = self.checkpoints.read_best(best)
+            device = self.device if self.device.type == "cuda" else torch.device("cpu")
+            weights, _ = share({"model": local["model"]} if local else None, device,
+                               self.job_key, self.checkpoints.cipher)
         if weights is None:
             what = f"best.pt of step {best['step']}" if best else "a best.pt"
             self._warn(f"no node holds {what} any more; the final reports score the model of "
@@ -411,13 +497,35 @@ class Trainer:
 
     def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
         """Write the state of the last completed step (the live state outside `train_step`),
-        once per node: the other local ranks find the file there and skip."""
+        once per node: the other local ranks find the file there and skip. Under fsdp/hsdp
+        (only after a stop every rank agreed on) every rank writes its shards."""
         with contextlib.suppress(Exception):  # a failed background write must not stop this one
             self.checkpoints.wait()
+        if self.layout.sharded:
+            if not self.checkpoints.has(self.step):
+                self.checkpoints.save(self.model, self.optimizer, self.rest_state(), self.step,
+                                      on_durable=self._announce(reason, error))
+            return
         if self.step in self.checkpoints.steps():
             return
         self.checkpoints.save_once(self.state(), self.step,
                                    on_durable=self._announce(reason, error))
+
+    def _save_replica(self, error: BaseException) -> None:
+        """After a failure under hsdp, this node's ranks (a whole replica) write the last
+        completed step over their own group, when that group still works (the failure was
+        another node's); a failure here only means the newest checkpoint is the one used."""
+        group = replica_group(self.layout, getattr(self, "mesh", None))
+        if group is None or self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.save_replica(self.model, self.optimizer, self.rest_state(),
+                                          self.step, group,
+                                          on_durable=self._announce("failure", error))
+        except Exception as err:  # noqa: BLE001 - the restart falls back to the newest one
+            self._warn(f"this node's replica could not save step {self.step} "
+                       f"({type(err).__name__}); the restart resumes from the newest "
+                       "checkpoint")
 
     def _warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
