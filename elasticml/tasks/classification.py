@@ -42,7 +42,11 @@ class ClassificationTask:
         self.name, self.classes, self.recipe = name, classes, recipe
         train_x = data["train"][0].float()
         self.features = train_x[0].numel()
-        mean, std = train_x.mean(0), train_x.std(0).nan_to_num(1.0).clamp_min(1e-6)
+        # A feature constant in training (a digit image's corner pixel) keeps its scale, as
+        # scikit-learn's StandardScaler does: dividing by its ~0 deviation would turn a single
+        # non-zero pixel of a test image into a value of a million, and its loss with it.
+        mean, std = train_x.mean(0), train_x.std(0).nan_to_num(0.0)
+        std = torch.where(std < 1e-6, torch.ones_like(std), std)
         self._splits = {
             split: TensorSplit({"x": ((x.float() - mean) / std).contiguous(),
                           "y": y.long().contiguous()})

@@ -184,7 +184,9 @@ class Trainer:
             agreed = self._agree_on_sharded_state(device)
         else:
             agreed = agree_on_state(self.checkpoints, device, self.job_key)
-        if agreed.state is not None:
+        if agreed.state is None:
+            self._check_no_other_strategy()
+        else:
             self._check_trained_here(agreed)
             self.load_state(agreed.state)
         self.validation.agree_best(self.checkpoints.best_on_disk())
@@ -216,6 +218,18 @@ class Trainer:
         agreed.state = self.checkpoints.load(path, self.model, self.optimizer)
         agreed.seconds = time.perf_counter() - started
         return agreed
+
+    def _check_no_other_strategy(self) -> None:
+        """Refuse to start afresh over checkpoints of the other kind (a run trained with ddp
+        now asked for fsdp, or the other way round): their steps would be silently lost."""
+        sharded = self.layout.sharded
+        other = "step-*.pt" if sharded else "step-*.dcp"
+        if next(self.checkpoint_dir.glob(other), None) is None:
+            return
+        raise UserError(f"{self.checkpoint_dir} holds {'ddp' if sharded else 'fsdp/hsdp'} "
+                        f"checkpoints ({other}) and none this trainer.strategy "
+                        f"({self.recipe.trainer.strategy}) resumes from: set the strategy the "
+                        "run was trained with, or start a new run with --run-id NEW")
 
     def _check_trained_here(self, agreed) -> None:
         """Refuse a state trained under another recipe (the training hash differs)."""

@@ -72,6 +72,17 @@ def test_fsdp_computes_what_ddp_computes(calm, tmp_path):
     assert sum(m["params_bytes"] for m in memory) == whole
     assert all(m["params_bytes"] < 0.75 * whole for m in memory)
 
+    # the ddp run's checkpoints are not silently dropped for a fresh fsdp start
+    switched = Job(train_command("--run-dir", str(tmp_path / "runs"), "trainer.max_steps=40",
+                                 "trainer.strategy=fsdp"), tmp_path / "switched.log",
+                   env=env_with_repo(), cwd=tmp_path)
+    try:
+        assert switched.wait(120) == 2
+        told = switched.output()
+    finally:
+        switched.stop()
+    assert "holds ddp checkpoints (step-*.pt)" in told and "Traceback" not in told
+
 
 def test_a_run_resized_2_3_1_ends_where_the_undisturbed_run_does(calm, tmp_path):
     _train(tmp_path, "trainer.strategy=fsdp", "trainer.max_steps=10")
