@@ -101,6 +101,10 @@ def _check_trainer(recipe: Recipe) -> list[Problem]:
     _positive(problems, "trainer.log_every", t.log_every)
     _positive(problems, "trainer.threads", t.threads)
     problems += _check_early_stopping(recipe) + _check_key_file(recipe)
+    if t.checkpoint_dir and "://" in t.checkpoint_dir:
+        problems.append(("trainer.checkpoint_dir", f"'{t.checkpoint_dir}': a URL; checkpoints "
+                         "are written to a filesystem path (mount the bucket or share, and "
+                         "name the mount point)"))
     if t.strategy != "ddp" and t.encrypt_checkpoints:
         problems.append(("trainer.encrypt_checkpoints", f"not available with strategy "
                          f"{t.strategy} (its sharded checkpoints are written by torch."

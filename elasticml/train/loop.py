@@ -1,24 +1,23 @@
 """The training loop one worker runs: setup, agree on state, train, validate, checkpoint, test.
 
-Every replica holds the whole training state (DDP), so a failure need not lose steps: when a
-collective fails or SIGTERM arrives, the state of the last *completed* step is written once
-per node (the first local rank to take the checkpoint folder's lock writes it, the others find
-it there) before the workers exit, and the next start broadcasts the newest state any rank
-holds (`recovery.agree_on_state`). The sampler, the step counter and the best metric are part
-of that state; the learning rate and the random streams are functions of where training
-stands (`optim.LearningRate`, `randomness.py`), so the resumed run is the run that would have
-happened.
+The model is spread over the ranks as `trainer.strategy` says (`sharding.py`: ddp, fsdp or
+hsdp), and the training state is kept and restored accordingly (`keeping.py`): with ddp a
+failure need not lose steps, as every replica holds the whole state; with fsdp/hsdp every save
+is collective and resumes at any world size. The sampler, the step counter and the best
+metric are part of that state; the learning rate and the random streams are functions of
+where training stands (`optim.LearningRate`, `randomness.py`), so the resumed run is the run
+that would have happened.
 
 With `trainer.early_stopping`, every validation counts towards the stop (`early_stop.py`):
 the count is taken from the agreed metric and kept in the training state, the decision is
 agreed by all ranks, and the run then ends as completed, its final reports scoring the model
-`best.pt` holds, which every rank gets from a node that has it (`_best_model`).
+the best checkpoint holds, which every rank gets (`_best_model`).
 
 SIGTERM sets a flag (`stopping.py`) that is read at every step boundary, after each
-checkpoint and validation, and between evaluation batches: a stop never waits for a whole
-validation or the final evaluations to end, and never cuts a step in half. A checkpoint that
-is not on disk is never announced: the `checkpoint` event comes from the write's completion
-(the writer thread for a background save).
+checkpoint and validation, and between evaluation batches (under fsdp/hsdp only at step
+boundaries, agreed by all ranks): a stop never cuts a step in half. A checkpoint that is not
+on disk is never announced: the `checkpoint` event comes from the write's completion (the
+writer thread for a background save).
 """
 
 from __future__ import annotations
@@ -46,25 +45,22 @@ from elasticml.tasks import build_task
 from elasticml.tasks.base import Shard
 from elasticml.telemetry.events import EventLog
 from elasticml.train.batching import Horizon, plan_batches
-from elasticml.train.checkpoint import CheckpointManager, stop_grace_s, write_atomically
-from elasticml.train.encryption import recipe_cipher
+from elasticml.train.checkpoint import write_atomically
 from elasticml.train.faults import FaultInjector
+from elasticml.train.keeping import keeper_for, refuse_other_kind
 from elasticml.train.losses import loss_sum
 from elasticml.train.optim import LearningRate, build_optimizer
 from elasticml.train.parts import grad_clip, own_optimizer, own_scheduler
 from elasticml.train.progress import Progress, last_progress
 from elasticml.train.randomness import seed_step
-from elasticml.train.recovery import NOTHING, Agreed, agree_on_state, share
+from elasticml.train.recovery import NOTHING
 from elasticml.train.sample_log import SampleLog
-from elasticml.train.sharded_checkpoint import BEST as BEST_SHARDED
-from elasticml.train.sharded_checkpoint import NotShared, ShardedCheckpoints, read_rest
 from elasticml.train.sharding import (
     distribute,
     gradient_sync,
     layout_for,
     local_world_size,
     recompute_blocks,
-    replica_group,
     resident_bytes,
     whole_copy,
 )
@@ -90,9 +86,7 @@ class Trainer:
         self.checkpoint_dir = recipe_path(recipe, recipe.trainer.checkpoint_dir) \
             if recipe.trainer.checkpoint_dir else self.run_dir.checkpoints
         self.layout = layout_for(recipe.trainer.strategy, self.world_size, local_world_size())
-        self.checkpoints = None if self.layout.sharded else CheckpointManager(
-            self.checkpoint_dir, recipe.trainer.keep_checkpoints, warn=self._warn,
-            grace_s=stop_grace_s(), cipher=recipe_cipher(recipe))
+        self.keeper = keeper_for(self)
         self.training_hash = training_hash(recipe)
         self.job_key = read_job_key(None)
         self.step = 0
@@ -109,12 +103,14 @@ class Trainer:
         self.device = _device(trainer.device, self.local_rank)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=recipe.elastic.collective_timeout)
-        dist.init_process_group(backend, timeout=timeout,
+        # On GPUs the group also gets gloo for CPU tensors: the small host-side collectives
+        # (the logged loss, the agreed stop flag) need no copy to the device.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if backend == "nccl" else backend,
+                                timeout=timeout,
                                 device_id=self.device if backend == "nccl" else None)
         self.events.emit("start", step=None, backend=backend, device=str(self.device),
                          strategy=self.layout.describe())
-        if self.layout.sharded:
-            self._open_sharded_checkpoints()
+        self.keeper.open()
 
         self.task = build_task(recipe)
         self.splits = self.task.splits()
@@ -145,28 +141,13 @@ class Trainer:
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
                                     self.events.emit, self.run_dir.logs)
         self.validation = Validation(recipe, self.task, self.rank, self.world_size,
-                                     self.device, self.events.emit, self._warn)
+                                     self.device, self.events.emit, self.warn)
         self._restore()
         # Until the state is agreed, a SIGTERM ends the worker at once (there is nothing of
         # its own to save, and it may be stuck starting the process group with a peer that
         # is gone); from here on it saves the last completed step first.
         signal.signal(signal.SIGTERM, self.stop.set)
         self._open_batches()
-
-    def _open_sharded_checkpoints(self) -> None:
-        """The sharded checkpoints of fsdp/hsdp: one folder every rank writes into, checked to
-        be one folder for all (a folder of its own per node would hold no whole checkpoint)."""
-        self.checkpoints = ShardedCheckpoints(
-            self.checkpoint_dir, self.recipe.trainer.keep_checkpoints, warn=self._warn,
-            grace_s=stop_grace_s(), wait_s=self.recipe.elastic.collective_timeout)
-        try:
-            self.checkpoints.check_shared(self.device)
-        except NotShared as err:
-            raise UserError(f"trainer.checkpoint_dir: {err}: with strategy "
-                            f"{self.recipe.trainer.strategy} every rank writes its shards into "
-                            "one folder; set trainer.checkpoint_dir to a folder on a filesystem "
-                            "every node mounts") from None
-        self.checkpoints.remove_leftovers()
 
     def _open_batches(self) -> None:
         """The training loader, built from the sampler's cursor as it stands: the loader's
@@ -180,16 +161,12 @@ class Trainer:
 
     def _restore(self) -> None:
         device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        if self.layout.sharded:
-            agreed = self._agree_on_sharded_state(device)
-        else:
-            agreed = agree_on_state(self.checkpoints, device, self.job_key)
+        agreed = self.keeper.restore(device, self._check_trained_here)
         if agreed.state is None:
-            self._check_no_other_strategy()
+            refuse_other_kind(self.keeper, self)
         else:
-            self._check_trained_here(agreed)
             self.load_state(agreed.state)
-        self.validation.agree_best(self.checkpoints.best_on_disk())
+        self.validation.agree_best(self.keeper.best_on_disk())
         before = last_progress(self.run_dir.logs)
         last_seen = before.step
         lost = max(0, last_seen - self.step) if agreed.step != NOTHING else last_seen
@@ -203,33 +180,6 @@ class Trainer:
                          micro_batch=self.plan.micro_batch, accumulation=self.plan.accumulation)
         if self.rank == 0 and not self.run_dir.recipe.exists():
             write_atomically(self.run_dir.recipe, recipe_to_yaml(self.recipe).encode())
-
-    def _agree_on_sharded_state(self, device: torch.device) -> Agreed:
-        """Rank 0 picks the newest sharded checkpoint that verifies; every rank loads its
-        shards of it at this world size (resharded by torch.distributed.checkpoint). Only
-        the rest of the state (step, sampler, ...) is returned for `load_state`."""
-        started = time.perf_counter()
-        step = self.checkpoints.agree_on_newest(device)
-        if step == NOTHING:
-            return Agreed(NOTHING, -1, None, NOTHING, time.perf_counter() - started)
-        path = self.checkpoints.path_for(step)
-        agreed = Agreed(step, 0, read_rest(path), step, 0.0)
-        self._check_trained_here(agreed)
-        agreed.state = self.checkpoints.load(path, self.model, self.optimizer)
-        agreed.seconds = time.perf_counter() - started
-        return agreed
-
-    def _check_no_other_strategy(self) -> None:
-        """Refuse to start afresh over checkpoints of the other kind (a run trained with ddp
-        now asked for fsdp, or the other way round): their steps would be silently lost."""
-        sharded = self.layout.sharded
-        other = "step-*.pt" if sharded else "step-*.dcp"
-        if next(self.checkpoint_dir.glob(other), None) is None:
-            return
-        raise UserError(f"{self.checkpoint_dir} holds {'ddp' if sharded else 'fsdp/hsdp'} "
-                        f"checkpoints ({other}) and none this trainer.strategy "
-                        f"({self.recipe.trainer.strategy}) resumes from: set the strategy the "
-                        "run was trained with, or start a new run with --run-id NEW")
 
     def _check_trained_here(self, agreed) -> None:
         """Refuse a state trained under another recipe (the training hash differs)."""
@@ -291,18 +241,13 @@ class Trainer:
             self.train()
             self.finish()
         except StopRequested:
-            self._save_last_completed(reason="signal")
+            self.keeper.save_last_completed(reason="signal")
             raise SystemExit(SIGTERM_EXIT) from None
         except Exception as err:
-            if self.layout.sharded:  # the job's group is broken: a replica may still save
-                self._save_replica(err)
-                self.checkpoints = None
-            else:
-                self._save_last_completed(reason="failure", error=err)
+            self.keeper.after_failure(err)
             raise
         finally:
-            if self.checkpoints is not None:
-                self.checkpoints.wait()
+            self.keeper.wait()
 
     def train(self) -> None:
         trainer, window, resumed_at = self.recipe.trainer, _Window(), self.step
@@ -423,23 +368,11 @@ class Trainer:
         return metrics
 
     def save(self, reason: str, name: str | None = None) -> None:
-        """Rank 0 writes; `best.pt` is written on every node (by its local rank 0), so that
-        the best model outlives the loss of any one node for an early stop's reports. Under
-        fsdp/hsdp every rank writes its shards (`best.dcp` for the best)."""
-        if self.layout.sharded:
-            self.checkpoints.save(self.model, self.optimizer, self.rest_state(), self.step,
-                                  background=self.recipe.trainer.async_checkpoint,
-                                  name=BEST_SHARDED if name == "best.pt" else name,
-                                  on_durable=self._announce(reason))
-            return
-        if self.rank != 0 and not (name == "best.pt" and self.local_rank == 0):
-            return
-        self.checkpoints.save(self.state(), self.step, name=name,
-                              background=self.recipe.trainer.async_checkpoint,
-                              on_durable=self._announce(reason))
+        """A checkpoint of this step (`keeping.py` says who writes what, by strategy)."""
+        self.keeper.save(reason, name)
         self.stop.check()
 
-    def _announce(self, reason: str, error: BaseException | None = None):
+    def announce(self, reason: str, error: BaseException | None = None):
         """The `checkpoint` event, for when the file is on disk (renamed and fsynced)."""
         def announce(saved) -> None:
             self.events.emit("checkpoint", step=saved.step, path=str(saved.path), reason=reason,
@@ -460,15 +393,13 @@ class Trainer:
         with self.stop.between_batches():
             reports["test"] = self.evaluate("test", model)
             reports["train"] = self.evaluate("train", model)
-        if self.layout.sharded and not self.checkpoints.has(self.step):
-            self.save("final")  # every rank writes its shards
         if self.rank == 0:
             for split in ("test", "train"):
                 self.events.emit("eval", step=self.step, split=split, metrics=reports[split],
                                  weights_step=weights_step)
-            if not self.layout.sharded and self.step not in self.checkpoints.steps():
-                self.save("final")
-            self.checkpoints.wait()
+        self.keeper.save_final()
+        if self.rank == 0:
+            self.keeper.wait()
             _write_reports(self.run_dir, self.step, reports, self.validation.best,
                            self.validation.ending(self.step, weights_step))
         if self.world_size > 1:
@@ -483,65 +414,23 @@ class Trainer:
             dist.destroy_process_group()
 
     def _best_model(self) -> tuple[torch.nn.Module, int]:
-        """(the model `best.pt` holds, its step) on every rank, for an early stop's reports.
-
-        A rank whose node holds that very `best.pt` (its record names the agreed best) reads
-        it; the others get its weights from the lowest such rank (sealed and, with encryption
-        on, encrypted like the state at a restart), so a node that joined after the best, or
-        whose disk lost it, needs no shared filesystem. When no node holds it (every node
-        that wrote it is gone), the reports score the last step's model, with a warning.
-        Under fsdp/hsdp every rank reads the whole model from `best.dcp` in the shared folder."""
+        """(the model `best.pt` holds, its step) on every rank, for an early stop's reports
+        (`keeper.best_weights`: from a node that holds it, or the shared `best.dcp`). When
+        none holds it any more (every node that wrote it is gone), the reports score the last
+        step's model, with a warning."""
         best = self.validation.best
-        if self.layout.sharded:
-            weights = self.checkpoints.read_best(best)
-        else:
-            self.checkpoints.wait()  # this node's own best.pt, if it was being written
-            local = self.checkpoints.read_best(best)
-            device = self.device if self.device.type == "cuda" else torch.device("cpu")
-            weights, _ = share({"model": local["model"]} if local else None, device,
-                               self.job_key, self.checkpoints.cipher)
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        weights = self.keeper.best_weights(best, device)
         if weights is None:
             what = f"best.pt of step {best['step']}" if best else "a best.pt"
-            self._warn(f"no node holds {what} any more; the final reports score the model of "
-                       f"step {self.step}, where training stopped")
+            self.warn(f"no node holds {what} any more; the final reports score the model of "
+                      f"step {self.step}, where training stopped")
             return self.model, self.step
         model = self.task.build_model().to(self.device)
         model.load_state_dict(weights["model"])
         return model, int(best["step"])
 
-    def _save_last_completed(self, reason: str, error: BaseException | None = None) -> None:
-        """Write the state of the last completed step (the live state outside `train_step`),
-        once per node: the other local ranks find the file there and skip. Under fsdp/hsdp
-        (only after a stop every rank agreed on) every rank writes its shards."""
-        with contextlib.suppress(Exception):  # a failed background write must not stop this one
-            self.checkpoints.wait()
-        if self.layout.sharded:
-            if not self.checkpoints.has(self.step):
-                self.checkpoints.save(self.model, self.optimizer, self.rest_state(), self.step,
-                                      on_durable=self._announce(reason, error))
-            return
-        if self.step in self.checkpoints.steps():
-            return
-        self.checkpoints.save_once(self.state(), self.step,
-                                   on_durable=self._announce(reason, error))
-
-    def _save_replica(self, error: BaseException) -> None:
-        """After a failure under hsdp, this node's ranks (a whole replica) write the last
-        completed step over their own group, when that group still works (the failure was
-        another node's); a failure here only means the newest checkpoint is the one used."""
-        group = replica_group(self.layout, getattr(self, "mesh", None))
-        if group is None or self.checkpoints is None:
-            return
-        try:
-            self.checkpoints.save_replica(self.model, self.optimizer, self.rest_state(),
-                                          self.step, group,
-                                          on_durable=self._announce("failure", error))
-        except Exception as err:  # noqa: BLE001 - the restart falls back to the newest one
-            self._warn(f"this node's replica could not save step {self.step} "
-                       f"({type(err).__name__}); the restart resumes from the newest "
-                       "checkpoint")
-
-    def _warn(self, message: str) -> None:
+    def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
         self.events.emit("warning", message=message)
 

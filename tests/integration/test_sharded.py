@@ -84,6 +84,15 @@ def test_fsdp_computes_what_ddp_computes(calm, tmp_path):
     assert "holds ddp checkpoints (step-*.pt)" in told and "Traceback" not in told
 
 
+def test_recomputed_activations_change_nothing_and_bf16_trains(calm, tmp_path):
+    _train(tmp_path / "recomputed", "trainer.strategy=fsdp",
+           "trainer.activation_checkpointing=true")
+    _assert_close(_model(calm[0]), _model(tmp_path / "recomputed"))
+    events = _train(tmp_path / "bf16", "trainer.strategy=fsdp", "trainer.precision=bf16")
+    losses = [e["loss"] for e in of_kind(events, "step")]
+    assert len(losses) == STEPS and losses[-1] < losses[0]
+
+
 def test_a_run_resized_2_3_1_ends_where_the_undisturbed_run_does(calm, tmp_path):
     _train(tmp_path, "trainer.strategy=fsdp", "trainer.max_steps=10")
     _train(tmp_path, "trainer.strategy=fsdp", "trainer.max_steps=20", "elastic.nproc_per_node=3")

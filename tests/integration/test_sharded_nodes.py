@@ -39,9 +39,10 @@ def _report(nodes: Nodes, node: str) -> dict:
     return json.loads(answer.stdout)
 
 
-def test_a_node_joining_an_fsdp_job_costs_no_step(cluster, store, tmp_path):
+@pytest.mark.parametrize("strategy, nproc", [("fsdp", "1"), ("hsdp", "2")])
+def test_a_node_joining_a_sharded_job_costs_no_step(cluster, store, tmp_path, strategy, nproc):
     samples = tmp_path / "samples"
-    nodes = _nodes(cluster, tmp_path, store, "fsdp", "--nproc-per-node", "1",
+    nodes = _nodes(cluster, tmp_path, store, strategy, "--nproc-per-node", nproc,
                    env={"ELASTICML_SAMPLE_LOG": str(samples)})
     try:
         first = nodes.start()
@@ -54,7 +55,7 @@ def test_a_node_joining_an_fsdp_job_costs_no_step(cluster, store, tmp_path):
 
     events = nodes.events()
     saved = of_kind(nodes.events(first), "checkpoint", reason="signal")
-    grown = [e for e in of_kind(events, "resume") if e["world_size"] == 2]
+    grown = [e for e in of_kind(events, "resume") if e["world_size"] == 2 * int(nproc)]
     assert saved and {e["step"] for e in grown} == {saved[-1]["step"]}
     assert {e["steps_lost"] for e in grown} == {0}
     assert {e["source"] for e in grown} == {"checkpoint"}
