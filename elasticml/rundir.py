@@ -3,7 +3,8 @@
 ```
 recipe.yaml        the resolved recipe (eval and report never need the original file)
 events/            append-only JSON lines, one file per process
-checkpoints/       step-<N>.pt (+ best.pt, best.json), atomic and checksummed; .lock
+checkpoints/       step-<N>.pt (+ best.pt, best.json), atomic and checksummed; .lock; under
+                   fsdp/hsdp step-<N>.dcp/ folders (+ best.dcp/), or in trainer.checkpoint_dir
 tensorboard/       one TensorBoard run, continued across restarts
 logs/              worker stdout/stderr per attempt, hang stack dumps
 reports/           training / validation / test reports written at the end and by eval

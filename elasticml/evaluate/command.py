@@ -122,7 +122,7 @@ def resolve_checkpoint(target: str, key_file: str | None = None) -> Source:
     from elasticml.train.checkpoint import (
         CorruptCheckpoint,
         is_sharded_checkpoint,
-        read_any_checkpoint,
+        read_checkpoint,
     )
 
     path = Path(target).expanduser()
@@ -133,13 +133,20 @@ def resolve_checkpoint(target: str, key_file: str | None = None) -> Source:
         path, state = _newest_in(target, path, cipher)
     else:
         try:
-            state = read_any_checkpoint(path, cipher)
+            state = _read_sharded(path) if is_sharded_checkpoint(path) else \
+                read_checkpoint(path, cipher)
         except CorruptCheckpoint as err:
             raise UserError(str(err)) from None
     if not isinstance(state, dict) or not {"model", "recipe", "step"} <= state.keys():
         raise UserError(f"{path}: not an elasticml training checkpoint (no model, recipe and "
                         "step inside)")
     return Source(path.resolve(), state, _run_dir_of(path.resolve()), cipher)
+
+
+def _read_sharded(path: Path) -> dict:
+    from elasticml.train.sharded_checkpoint import read_sharded  # imports torch
+
+    return read_sharded(path)
 
 
 def _newest_in(target: str, path: Path, cipher) -> tuple[Path, dict]:

@@ -46,17 +46,22 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
 
     from elasticml.evaluate.scoring import eval_device, score_shard
     from elasticml.recipe.load import recipe_from_dict
-    from elasticml.train.checkpoint import read_any_checkpoint
+    from elasticml.train.sharded_checkpoint import read_any_checkpoint
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     resolved = recipe_from_dict(recipe)
     device = eval_device(resolved, rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    try:  # read before the group exists: a sharded checkpoint is read by this process alone
+        state = read_any_checkpoint(checkpoint, cipher) if cipher else \
+            read_any_checkpoint(checkpoint)
+    except UserError as err:
+        state, problem = None, err
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank,
                             world_size=world, timeout=timedelta(minutes=10))
     try:
-        state = read_any_checkpoint(checkpoint, cipher) if cipher else \
-            read_any_checkpoint(checkpoint)
+        if state is None:
+            raise problem
         metrics = score_shard(state, resolved, split, rank, world, device, trust_code)
         if rank == 0:
             Path(folder, "metrics.json").write_text(json.dumps(metrics))

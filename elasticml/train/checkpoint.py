@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from elasticml.errors import CorruptCheckpoint
 from elasticml.train.encryption import PLAIN, Cipher, is_encrypted
 
 MAGIC = b"EMLCKPT1"
@@ -52,10 +53,6 @@ DEFAULT_STOP_GRACE_S = 30.0
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 SHARDED_STATE = "state.pt"
 SHARDED_METADATA = ".metadata"
-
-
-class CorruptCheckpoint(ValueError):
-    pass
 
 
 def encode(state: dict, cipher: Cipher = PLAIN) -> bytes:
@@ -97,16 +94,6 @@ def is_sharded_checkpoint(path: Path) -> bool:
     """A `step-N.dcp` folder (`sharded_checkpoint.py`), told apart without importing torch."""
     return path.is_dir() and (path / SHARDED_STATE).is_file() and \
         (path / SHARDED_METADATA).is_file()
-
-
-def read_any_checkpoint(path: str | Path, cipher: Cipher = PLAIN) -> dict:
-    """A `step-N.pt` file's state, or a sharded checkpoint's (`step-N.dcp` folder: its state
-    with the whole model as `model`, `sharded_checkpoint.read_sharded`)."""
-    if Path(path).is_dir():
-        from elasticml.train.sharded_checkpoint import read_sharded
-
-        return read_sharded(Path(path))
-    return read_checkpoint(path, cipher)
 
 
 def read_bytes(path: str | Path) -> bytes:

@@ -38,7 +38,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elasticml.errors import UserError
+from elasticml.errors import CorruptCheckpoint, UserError
 
 ENV = "ELASTICML_CHECKPOINT_KEY"
 KEY_BYTES = 32
@@ -163,7 +163,6 @@ def decrypt(key: CheckpointKey, blob: bytes, source: str) -> bytes:
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from elasticml.train.checkpoint import CorruptCheckpoint
 
     if len(blob) < HEADER.size + TAG_BYTES:
         raise CorruptCheckpoint(f"{source}: encrypted, but too short to open (truncated)")

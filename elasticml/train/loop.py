@@ -344,9 +344,7 @@ class Trainer:
         """Score `split` (this rank's share of it) with `model`, by default the model being
         trained: under fsdp/hsdp a whole copy of it (collective), so that no rank waits on
         another's batches."""
-        if model is None:
-            model = whole_copy(self.model, self.task.build_model) if self.layout.sharded \
-                else self.model
+        model = self._scoring_model(model if model is not None else self.model)
         data = self.splits[split]
         if split == "train":  # the training report: a fixed sample, not a second epoch
             data = subset(data, TRAIN_REPORT_ROWS, self.recipe.run.seed)
@@ -356,6 +354,13 @@ class Trainer:
                                       Shard(self.rank, self.world_size))
         finally:
             model.train()
+
+    def _scoring_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """`model`, or for the sharded model being trained a whole copy of it (collective):
+        an FSDP module's forward is a collective, and the ranks' shares of a split differ."""
+        if self.layout.sharded and model is self.model:
+            return whole_copy(self.model, self.task.build_model)
+        return model
 
     def validate(self, counts: bool = False) -> dict:
         """Score the validation split (`validation.py`); `counts`: a validation during
@@ -390,6 +395,7 @@ class Trainer:
         else:
             with self.stop.between_batches():
                 reports["val"] = self.evaluate("val", model)
+        model = self._scoring_model(model)  # one whole copy for both
         with self.stop.between_batches():
             reports["test"] = self.evaluate("test", model)
             reports["train"] = self.evaluate("train", model)

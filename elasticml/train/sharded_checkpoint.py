@@ -48,18 +48,18 @@ import torch.distributed as dist
 
 from elasticml.train.checkpoint import (
     DEFAULT_STOP_GRACE_S,
+    SHARDED_METADATA,
+    SHARDED_STATE,
     CorruptCheckpoint,
     Saved,
     decode,
     encode,
+    read_checkpoint,
     write_atomically,
 )
-from elasticml.train.checkpoint import (
-    SHARDED_METADATA as METADATA,
-)
-from elasticml.train.checkpoint import (
-    SHARDED_STATE as STATE,
-)
+from elasticml.train.encryption import PLAIN, Cipher
+
+STATE, METADATA = SHARDED_STATE, SHARDED_METADATA
 
 BEST = "best.dcp"
 NOTHING = -1
@@ -85,6 +85,7 @@ class ShardedCheckpoints:
         self.token = f"{int(token):x}"
         self._writer: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._warned_slow = False
 
     # --- where things are ----------------------------------------------------------------
 
@@ -200,8 +201,18 @@ class ShardedCheckpoints:
                 saved.write_s = time.perf_counter() - started
                 if on_durable is not None:
                     on_durable(saved)
+                self._warn_if_slow(saved)
         except BaseException as err:  # noqa: BLE001 - surfaced by wait()
             self._error = err
+
+    def _warn_if_slow(self, saved: Saved) -> None:
+        if self._warned_slow or saved.write_s is None or saved.write_s <= self.grace_s / 2:
+            return
+        self._warned_slow = True
+        self.warn(f"writing {saved.path.name} took {saved.write_s:.1f} s, more than half of "
+                  f"the {self.grace_s:g} s a stopping worker has before it is killed: a stop "
+                  "may be cut short and lose steps; put trainer.checkpoint_dir on a faster "
+                  "disk or raise elastic.stop_grace")
 
     def _wait_for_digests(self, temporary: Path, size: int) -> None:
         deadline = time.monotonic() + self.wait_s
@@ -443,6 +454,12 @@ def read_whole_model(path: Path) -> dict:
     _load_state_dict(loaded, storage_reader=SafeReader(str(path)),
                      planner=_EmptyStateDictLoadPlanner(keys={"model"}), no_dist=True)
     return loaded["model"]
+
+
+def read_any_checkpoint(path: str | Path, cipher: Cipher = PLAIN) -> dict:
+    """A `step-N.pt` file's state, or a sharded checkpoint's (`read_sharded`)."""
+    path = Path(path)
+    return read_sharded(path) if path.is_dir() else read_checkpoint(path, cipher)
 
 
 def read_sharded(path: Path) -> dict:

@@ -174,3 +174,13 @@ def test_eval_and_export_read_a_sharded_checkpoint_at_any_process_count(calm, tm
     assert exported.returncode == 0, exported.stderr
     weights = torch.load(out, weights_only=True)
     _assert_close(_model(folder), weights)
+
+
+def test_an_early_stop_scores_the_best_sharded_model(tmp_path):
+    events = _train(tmp_path, "trainer.strategy=fsdp", "trainer.eval_every=5",
+                    "trainer.early_stopping.patience=1", "trainer.max_steps=200")
+    [done] = [e for e in of_kind(events, "done") if e["rank"] == 0]
+    best = [e for e in of_kind(events, "checkpoint", reason="best")]
+    assert done["reason"] == "early_stop" and done["step"] < 200
+    assert done["weights_step"] == best[-1]["step"] < done["step"]
+    assert (tmp_path / "runs" / "tiny" / "checkpoints" / "best.dcp" / "state.pt").is_file()

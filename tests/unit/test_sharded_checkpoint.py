@@ -161,3 +161,12 @@ def test_the_blocks_are_the_members_of_the_models_containers():
     flat = torch.nn.Module()
     flat.a, flat.b, flat.act = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.ReLU()
     assert blocks(flat) == [flat.a, flat.b]
+
+
+def test_a_write_slower_than_half_the_stop_grace_is_warned_about_once(group, tmp_path):
+    model, optimizer = _trained()
+    warnings = []
+    manager = ShardedCheckpoints(tmp_path, warn=warnings.append, grace_s=1e-9)
+    for step in (1, 2):
+        manager.save(model, optimizer, {"step": step}, step)
+    assert len(warnings) == 1 and "step-1.dcp took" in warnings[0]

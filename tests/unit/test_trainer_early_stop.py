@@ -86,7 +86,7 @@ def test_with_no_best_pt_anywhere_the_last_model_is_scored_and_said(solo):  # no
     trainer = solo(*STOP, "trainer.max_steps=200")
     scripted(trainer, [0.9, 0.8, 0.7, 0.6])
     trainer.train()
-    trainer.checkpoints.wait()
+    trainer.keeper.checkpoints.wait()
     (trainer.run_dir.checkpoints / "best.pt").unlink()
     trainer.finish()
     report = json.loads((trainer.run_dir.reports / "final.json").read_text())
@@ -101,8 +101,8 @@ def test_checkpoints_are_encrypted_and_read_back(solo, monkeypatch):  # noqa: F8
     trainer = solo("trainer.encrypt_checkpoints=true")
     steps(trainer, 3)
     trainer.save("periodic")
-    trainer.checkpoints.wait()
-    blob = trainer.checkpoints.path_for(3).read_bytes()
+    trainer.keeper.checkpoints.wait()
+    blob = trainer.keeper.checkpoints.path_for(3).read_bytes()
     assert blob.startswith(b"EMLCKPE1") and text.encode() not in blob
 
     again = solo("trainer.encrypt_checkpoints=true")
@@ -137,7 +137,7 @@ def test_a_tampered_encrypted_checkpoint_falls_back_with_a_warning_event(solo, m
     for _ in range(2):
         steps(trainer, 3)
         trainer.save("periodic")
-    newest = trainer.checkpoints.path_for(6)
+    newest = trainer.keeper.checkpoints.path_for(6)
     blob = bytearray(newest.read_bytes())
     blob[-100] ^= 0x01
     newest.write_bytes(bytes(blob))
