@@ -30,7 +30,12 @@ from elasticml.train.checkpoint import CheckpointManager, stop_grace_s
 from elasticml.train.encryption import recipe_cipher
 from elasticml.train.recovery import NOTHING, Agreed, agree_on_state, share
 from elasticml.train.sharded_checkpoint import BEST as BEST_SHARDED
-from elasticml.train.sharded_checkpoint import NotShared, ShardedCheckpoints, read_rest
+from elasticml.train.sharded_checkpoint import (
+    NotShared,
+    ShardedCheckpoints,
+    Unwritable,
+    read_rest,
+)
 from elasticml.train.sharding import replica_group
 
 
@@ -127,6 +132,9 @@ class Sharded:
                             f"{t.recipe.trainer.strategy} every rank writes its shards into "
                             "one folder; set trainer.checkpoint_dir to a folder on a filesystem "
                             "every node mounts") from None
+        except Unwritable as err:
+            raise UserError(f"trainer.checkpoint_dir: {err}: give the job's user write "
+                            "access to it, or name another folder") from None
         self.checkpoints.remove_leftovers()
 
     def restore(self, device: torch.device, check) -> Agreed:

@@ -99,21 +99,26 @@ class ShardedCheckpoints:
         """Raise `NotShared` naming a rank that cannot see a file rank 0 wrote into the folder
         (every rank writes its shards into one folder; each node its own folder would leave
         no node with a whole checkpoint). Collective."""
-        probe = self.folder / f".shared-{self.token}"
+        probe, unwritable = self.folder / f".shared-{self.token}", None
         if self.rank == 0:
-            write_atomically(probe, self.token.encode())
-        dist.barrier(group=self.group)
+            try:
+                write_atomically(probe, self.token.encode())
+            except OSError as err:
+                unwritable = err.strerror or type(err).__name__
         try:
-            seen = probe.read_text() == self.token
+            seen = unwritable is None and probe.read_text() == self.token
         except OSError:
             seen = False
-        missing = torch.tensor([0 if seen else self.rank + 1], dtype=torch.long)
-        dist.all_reduce(missing, op=dist.ReduceOp.MAX, group=self.group)
-        dist.barrier(group=self.group)
+        dist.barrier(group=self.group)  # every rank has looked before rank 0 removes it
+        found = torch.tensor([int(unwritable is not None), 0 if seen else self.rank + 1])
+        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.group)
         if self.rank == 0:
-            probe.unlink(missing_ok=True)
-        if int(missing):
-            raise NotShared(int(missing) - 1, self.folder)
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+        if int(found[0]):
+            raise Unwritable(self.folder, unwritable or "rank 0 could not write into it")
+        if int(found[1]):
+            raise NotShared(int(found[1]) - 1, self.folder)
 
     # --- saving --------------------------------------------------------------------------
 
@@ -293,6 +298,11 @@ class _Writers:
     def __init__(self, group) -> None:
         self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
         self.leader = dist.get_global_rank(group, 0)
+
+
+class Unwritable(Exception):
+    def __init__(self, folder: Path, reason: str) -> None:
+        super().__init__(f"cannot write into the checkpoint folder {folder} ({reason})")
 
 
 class NotShared(Exception):

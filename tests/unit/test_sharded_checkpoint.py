@@ -14,6 +14,7 @@ from elasticml.train.checkpoint import CorruptCheckpoint, is_sharded_checkpoint
 from elasticml.train.sharded_checkpoint import (
     NOTHING,
     ShardedCheckpoints,
+    Unwritable,
     read_metadata,
     read_sharded,
     read_whole_model,
@@ -170,3 +171,13 @@ def test_a_write_slower_than_half_the_stop_grace_is_warned_about_once(group, tmp
     for step in (1, 2):
         manager.save(model, optimizer, {"step": step}, step)
     assert len(warnings) == 1 and "step-1.dcp took" in warnings[0]
+
+
+def test_a_folder_rank_zero_cannot_write_into_is_named_with_the_reason(group, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    manager = ShardedCheckpoints(blocker / "checkpoints", warn=lambda message: None)
+    with pytest.raises(Unwritable, match="cannot write into the checkpoint folder"):
+        manager.check_shared(torch.device("cpu"))
+    ShardedCheckpoints(tmp_path / "fine", warn=lambda message: None).check_shared(
+        torch.device("cpu"))
