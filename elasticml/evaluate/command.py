@@ -152,7 +152,7 @@ def _read_sharded(path: Path) -> dict:
 def _newest_in(target: str, path: Path, cipher) -> tuple[Path, dict]:
     """(the newest checkpoint that reads back intact, its state) of a run directory or a
     checkpoint folder: `step-N.pt` files and `step-N.dcp` folders alike."""
-    from elasticml.train.checkpoint import CheckpointManager
+    from elasticml.train.checkpoint import CheckpointManager, CorruptCheckpoint
     from elasticml.train.sharded_checkpoint import newest_verified, read_sharded
 
     run = RunDir(path.resolve())
@@ -160,7 +160,8 @@ def _newest_in(target: str, path: Path, cipher) -> tuple[Path, dict]:
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
         plain = CheckpointManager(folder, cipher=cipher).newest()
-        sharded = newest_verified(folder, lambda message: warnings.warn(message, stacklevel=2))
+        sharded = newest_verified(folder, lambda message, step: warnings.warn(message,
+                                                                           stacklevel=2))
     for warning in skipped:
         _note(str(warning.message))
     if plain is None and sharded < 0:
@@ -171,7 +172,10 @@ def _newest_in(target: str, path: Path, cipher) -> tuple[Path, dict]:
         path = CheckpointManager(folder).path_for(step)
     else:
         step, path = sharded, folder / f"step-{sharded}.dcp"
-        state = read_sharded(path)
+        try:
+            state = read_sharded(path)
+        except CorruptCheckpoint as err:  # removed or damaged since it was verified
+            raise UserError(str(err)) from None
     _note(f"using the newest good checkpoint of {target}: {path.name} (step {step})")
     return path, state
 

@@ -18,7 +18,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
-from elasticml.errors import UserError
+from elasticml.errors import CorruptCheckpoint, UserError
 from elasticml.recipe.schema import Recipe
 
 
@@ -57,6 +57,8 @@ def _worker(rank: int, world: int, checkpoint: str, recipe: dict, split: str,
             read_any_checkpoint(checkpoint)
     except UserError as err:
         state, problem = None, err
+    except (CorruptCheckpoint, OSError) as err:  # removed or damaged since it was chosen
+        state, problem = None, UserError(f"{checkpoint}: {err}")
     dist.init_process_group(backend, init_method=f"file://{folder}/store", rank=rank,
                             world_size=world, timeout=timedelta(minutes=10))
     try:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import timedelta
 
 import torch
+import torch.distributed as dist
 
 from elasticml.errors import UserError
 from elasticml.train.checkpoint import CheckpointManager, stop_grace_s
@@ -36,7 +38,21 @@ from elasticml.train.sharded_checkpoint import (
     Unwritable,
     read_rest,
 )
-from elasticml.train.sharding import replica_group
+
+
+def replica_group(layout, timeout_s: float):
+    """Under hsdp with more than one node: a gloo group of this rank's node (its ranks hold a
+    whole replica), made by every rank (collective); None otherwise."""
+    if layout.strategy != "hsdp" or layout.shape[0] < 2:
+        return None
+    nodes, per_node = layout.shape
+    mine = None
+    for node in range(nodes):
+        group = dist.new_group(list(range(node * per_node, (node + 1) * per_node)),
+                               backend="gloo", timeout=timedelta(seconds=timeout_s))
+        if node == dist.get_rank() // per_node:
+            mine = group
+    return mine
 
 
 def keeper_for(trainer):
@@ -117,6 +133,7 @@ class Sharded:
     def __init__(self, trainer) -> None:
         self.trainer = trainer
         self.checkpoints: ShardedCheckpoints | None = None
+        self.replica = None
 
     def open(self) -> None:
         """The folder, checked to be one for all ranks (a folder of its own per node would
@@ -136,6 +153,7 @@ class Sharded:
             raise UserError(f"trainer.checkpoint_dir: {err}: give the job's user write "
                             "access to it, or name another folder") from None
         self.checkpoints.remove_leftovers()
+        self.replica = replica_group(t.layout, t.recipe.elastic.collective_timeout)
 
     def restore(self, device: torch.device, check) -> Agreed:
         """Rank 0 picks the newest checkpoint that verifies; every rank loads its shards of it
@@ -181,16 +199,30 @@ class Sharded:
         the last completed step over their own group, when it still works (the failure was
         another node's); if that fails too, the restart uses the newest checkpoint."""
         t = self.trainer
-        group = replica_group(t.layout, getattr(t, "mesh", None))
-        if group is not None and self.checkpoints is not None:
+        if self.replica is not None and self.checkpoints is not None:
             try:
-                self.checkpoints.save_replica(t.model, t.optimizer, t.rest_state(), t.step,
-                                              group, on_durable=t.announce("failure", error))
+                self._save_replica(error)
             except Exception as err:  # noqa: BLE001 - the restart falls back to the newest one
+                reason = str(err).splitlines()[0][:200] if str(err) else ""
                 t.warn(f"this node's replica could not save step {t.step} "
-                       f"({type(err).__name__}); the restart resumes from the newest "
-                       "checkpoint")
+                       f"({type(err).__name__}: {reason}); the restart resumes from the "
+                       "newest checkpoint")
         self.checkpoints = None  # a background write may wait on the broken group: not waited
+
+    def _save_replica(self, error: BaseException) -> None:
+        """Over this node's own gloo group (not the mesh's, which a rank may still be using
+        in a collective that failed elsewhere): only when all its ranks stand at the same
+        step, since one of them may have completed a step the others did not."""
+        t = self.trainer
+        steps = torch.tensor([t.step, -t.step])
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self.replica)
+        if int(steps[0]) != -int(steps[1]):
+            t.warn(f"this node's ranks stood at steps {-int(steps[1])} to {int(steps[0])} when "
+                   "the job's group failed: no replica of one step to save; the restart "
+                   "resumes from the newest checkpoint")
+            return
+        self.checkpoints.save_replica(t.model, t.optimizer, t.rest_state(), t.step,
+                                      self.replica, on_durable=t.announce("failure", error))
 
     def best_weights(self, best: dict | None, device: torch.device) -> dict | None:
         """The weights of `best` on every rank, read from `best.dcp` in the shared folder."""

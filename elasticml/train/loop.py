@@ -282,7 +282,7 @@ class Trainer:
             if trainer.checkpoint_every and self.step % trainer.checkpoint_every == 0:
                 self.save("periodic")
                 self.progress.write(self.step)
-        self.stop.check()
+        self.stop.at_step_boundary()  # a stop during the last step: saved before the end
         self.progress.finished(self.step)
         self.batches.close()
 

@@ -10,8 +10,9 @@ state.pt           the rest of the training state (step, sampler, best, recipe, 
                    optimizer's hyper-parameters ...) in the checksummed format of `checkpoint.py`
 ```
 
-It is written under a temporary name (`.step-N.dcp.<token>.tmp`) and renamed by rank 0 once
-every rank's digest file is there, so a save cut off at any point never becomes a checkpoint:
+It is written under a temporary name (`.step-N.dcp.<token>-<rank>.tmp`) and renamed by the
+writers' first rank once every writer has said (an all-reduce over their group) that its part
+and its digests are on disk, so a save cut off at any point never becomes a checkpoint:
 `steps()` only lists renamed folders. With `trainer.async_checkpoint` the tensors are copied
 to host memory on the training path (`dcp.async_save`) and written by a background thread; the
 `checkpoint` event is rank 0's, after the rename and fsync.
@@ -41,6 +42,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -79,7 +81,7 @@ class ShardedCheckpoints:
         self.warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
         self.grace_s, self.wait_s = grace_s, wait_s
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.group = dist.new_group(backend="gloo")
+        self.group = dist.new_group(backend="gloo", timeout=timedelta(seconds=wait_s))
         token = torch.tensor([secrets.randbits(62) if self.rank == 0 else 0])
         dist.broadcast(token, src=0, group=self.group)
         self.token = f"{int(token):x}"
@@ -105,12 +107,13 @@ class ShardedCheckpoints:
                 write_atomically(probe, self.token.encode())
             except OSError as err:
                 unwritable = err.strerror or type(err).__name__
+        dist.barrier(group=self.group)  # the probe is written before any rank looks
         try:
             seen = unwritable is None and probe.read_text() == self.token
         except OSError:
             seen = False
-        dist.barrier(group=self.group)  # every rank has looked before rank 0 removes it
         found = torch.tensor([int(unwritable is not None), 0 if seen else self.rank + 1])
+        # every rank has looked before this returns, and so before rank 0 removes the probe
         dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.group)
         if self.rank == 0:
             with contextlib.suppress(OSError):
@@ -141,8 +144,10 @@ class ShardedCheckpoints:
         import torch.distributed.checkpoint as dcp
 
         started = time.perf_counter()
-        if group is self.group:  # a replica saving after a failure does not wait on the
-            self.wait()          # job's group, which may be broken
+        if group is self.group:
+            self.wait()
+        else:  # a replica saving after a failure does not wait on the job's group (it may be
+            self._error = None  # broken), nor report what a write on it left behind
         tensors, rest = split_state(model, optimizer, rest)
         final = self.folder / name if name else self.path_for(step)
         writers = _Writers(group)
@@ -188,17 +193,32 @@ class ShardedCheckpoints:
 
     def _finish(self, written, writers: _Writers, temporary: Path, saved: Saved, rest: dict,
                 on_durable) -> None:
-        """After this rank's files are written: its digests; on the writers' first rank, once
-        every writer's digests are there, `state.pt` and the rename that makes the checkpoint.
-        Errors are kept for `wait` (this may be the writer thread)."""
+        """After this rank's files are written: its digests; then the writers agree (an
+        all-reduce over their group) that every part is on disk, and the first of them writes
+        `state.pt` and renames the folder, which makes it a checkpoint. When any part failed,
+        every writer keeps an error for `wait` (this may be the writer thread), so they all
+        raise it at the same point."""
         started = time.perf_counter()
+        problem: BaseException | None = None
         try:
             written()
             mine = {p.name: _sha256(p)
                     for p in sorted(temporary.glob(f"__{writers.rank}_*.distcp"))}
             write_atomically(temporary / f"__{writers.rank}.sha256", json.dumps(mine).encode())
+        except BaseException as err:  # noqa: BLE001 - agreed on below, surfaced by wait()
+            problem = err
+        try:  # every writer says whether its part is on disk; all fail together, or none
+            done = torch.tensor([0 if problem else 1])
+            dist.all_reduce(done, op=dist.ReduceOp.MIN, group=writers.group)
+        except BaseException as err:  # noqa: BLE001 - a writer is gone: no checkpoint
+            problem = problem or err
+            done = torch.tensor([0])
+        if not int(done):
+            self._error = problem or RuntimeError(
+                f"{saved.path.name}: another rank's part was not written; it is not a checkpoint")
+            return
+        try:
             if writers.rank == 0:
-                self._wait_for_digests(temporary, writers.size)
                 write_atomically(temporary / STATE, encode(rest))
                 _fsync_folder(temporary)
                 _replace_folder(temporary, saved.path, replace=saved.path.name == BEST)
@@ -219,14 +239,6 @@ class ShardedCheckpoints:
                   "may be cut short and lose steps; put trainer.checkpoint_dir on a faster "
                   "disk or raise elastic.stop_grace")
 
-    def _wait_for_digests(self, temporary: Path, size: int) -> None:
-        deadline = time.monotonic() + self.wait_s
-        while len(list(temporary.glob("__*.sha256"))) < size:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{temporary.name}: not every rank finished its write within "
-                                   f"{self.wait_s:g} s; it is not a checkpoint")
-            time.sleep(0.02)
-
     def prune(self) -> None:
         for step in self.steps()[:-self.keep]:
             shutil.rmtree(self.path_for(step), ignore_errors=True)
@@ -245,7 +257,13 @@ class ShardedCheckpoints:
     # --- reading -------------------------------------------------------------------------
 
     def newest(self) -> int:
-        return newest_verified(self.folder, self.warn)
+        """The newest step that verifies; newer ones that do not are renamed out of the way
+        (`step-N.dcp.corrupt`), so that a new save of their step is not refused."""
+        def set_aside(message: str, step: int) -> None:
+            self.warn(message)
+            with contextlib.suppress(OSError):
+                os.replace(self.path_for(step), self.folder / f"step-{step}.dcp.corrupt")
+        return newest_verified(self.folder, set_aside)
 
     def agree_on_newest(self, device: torch.device) -> int:
         """Rank 0's `newest()`, on every rank (the folder is shared; one rank verifies)."""
@@ -281,14 +299,15 @@ class ShardedCheckpoints:
         every rank; None when it is not there or does not verify (collective: every rank
         waits until rank 0 has made a `best.dcp` under way)."""
         self.has(NOTHING)  # returns on every rank once rank 0 is past its rename
-        path = self.folder / BEST
+        path, weights = self.folder / BEST, None
         try:
-            if best is None or read_rest(path).get("best") != best:
-                return None
-            return {"model": read_whole_model(path)}
+            if best is not None and read_rest(path).get("best") == best:
+                weights = {"model": read_whole_model(path)}
         except CorruptCheckpoint as err:
             self.warn(f"ignoring {err}")
-            return None
+        read = torch.tensor([int(weights is not None)])
+        dist.all_reduce(read, op=dist.ReduceOp.MIN, group=self.group)
+        return weights if int(read) else None  # all score the same model, or none the best
 
 
 class _Writers:
@@ -296,6 +315,7 @@ class _Writers:
     global rank of their first (which names the temporary folder)."""
 
     def __init__(self, group) -> None:
+        self.group = group
         self.rank, self.size = dist.get_rank(group), dist.get_world_size(group)
         self.leader = dist.get_global_rank(group, 0)
 
@@ -320,15 +340,15 @@ def sharded_steps(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def newest_verified(folder: Path, warn) -> int:
-    """The newest step whose checkpoint in `folder` verifies (NOTHING without one); corrupt
-    newer ones are warned about."""
+def newest_verified(folder: Path, skipped) -> int:
+    """The newest step whose checkpoint in `folder` verifies (NOTHING without one); each
+    newer one that does not is told to `skipped(message, step)`."""
     for step in reversed(sharded_steps(folder)):
         try:
             verify(folder / f"step-{step}.dcp")
             return step
         except CorruptCheckpoint as err:
-            warn(f"skipping {err}; falling back to an older checkpoint")
+            skipped(f"skipping {err}; falling back to an older checkpoint", step)
     return NOTHING
 
 

@@ -110,14 +110,6 @@ def distribute(model: nn.Module, layout: Layout, device: torch.device,
     return model, None
 
 
-def replica_group(layout: Layout, mesh):
-    """Under hsdp with more than one replica: the process group of this rank's replica (the
-    ranks of its node), which holds the whole model; None otherwise."""
-    if layout.strategy != "hsdp" or mesh is None or layout.shape[0] < 2:
-        return None
-    return mesh["shard"].get_group()
-
-
 def gradient_sync(model: nn.Module, wrapped: nn.Module, sync: bool):
     """A context in which backward passes reduce gradients (`sync`) or only accumulate them:
     DDP's `no_sync`, FSDP2's `set_requires_gradient_sync`."""

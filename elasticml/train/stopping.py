@@ -47,8 +47,11 @@ class StopFlag:
         if dist.is_initialized() and dist.get_world_size() > 1:
             flag = torch.tensor([int(self.raised)], dtype=torch.long)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.raised = bool(flag)
-        if self.raised:
+            # Every rank decides on the reduced flag alone; a SIGTERM that came during the
+            # all-reduce stays in `raised` and is agreed on at the next boundary.
+            if bool(flag):
+                raise StopRequested
+        elif self.raised:
             raise StopRequested
 
     @contextlib.contextmanager

