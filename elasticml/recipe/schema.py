@@ -426,6 +426,12 @@ class FaultsConfig:
     step_delay: float = 0.0
     """Seconds every rank sleeps before each step: a slow job (stragglers, or time for a
     rehearsal to kill or add a node while it trains)."""
+    hold_file: str | None = None
+    """While this file exists on a node, its ranks wait before each step (a stop request ends
+    the wait): a rehearsal pauses training at a step of its choosing, adds or removes a node,
+    and deletes the file to go on. Every node of the job must see the file (a shared folder):
+    ranks that go on alone wait in their next collective, up to `elastic.collective_timeout`.
+    An absolute path, or relative to where the node started."""
     die_in_rendezvous: bool = False
     """This node's agent SIGKILLs itself right after it put its card in a round, before the
     round is decided: a node lost in the middle of a rendezvous (set it on one node only)."""

@@ -139,7 +139,9 @@ class Trainer:
         self.learning_rate = None if self.own_schedule else LearningRate(
             recipe.schedule, self.optimizer, self.horizon, self.plan.lr_scale)
         self.faults = FaultInjector(recipe.faults, self.rank, self.restart_count,
-                                    self.events.emit, self.run_dir.logs)
+                                    self.events.emit, self.run_dir.logs,
+                                    stopping=lambda: self.stop.raised,
+                                    beat=lambda: self.progress.write(self.step))
         self.validation = Validation(recipe, self.task, self.rank, self.world_size,
                                      self.device, self.events.emit, self.warn)
         self._restore()

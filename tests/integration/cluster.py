@@ -328,6 +328,13 @@ class Nodes:
             return steps and steps[-1]["step"] >= at_least and steps[-1]
         return wait_for(ready, 120, f"{node} to reach step {at_least}")
 
+    def resumed(self, world_size: int, timeout: float = 180) -> dict:
+        """Wait until some node's rank resumed training at `world_size`; that event."""
+        def ready():
+            return next((e for e in of_kind(self.events(), "resume")
+                         if e["world_size"] == world_size), None)
+        return wait_for(ready, timeout, f"the job to resume at world size {world_size}")
+
     def rank_zero_first(self, a: str, b: str) -> tuple[str, str]:
         """(the node training rank 0, the other one)."""
         leader = next(n for n in (a, b) if of_kind(self.events(n), "step", rank=0))

@@ -148,17 +148,21 @@ def test_both_on_a_join_and_a_crash_lose_no_step(cluster, store, tmp_path):
     """Node A trains alone; node B joins (it gets the state over the network, encrypted and
     sealed); then B's worker is SIGKILLed. Each node has its own disk: B never holds the
     best.pt of before it joined, so the best model reaches whichever rank needs it from A."""
-    samples = tmp_path / "samples"
+    samples, hold = tmp_path / "samples", tmp_path / "hold"
     recipe = overfit_recipe(tmp_path)
     nodes = Nodes(cluster, tmp_path, store, "--nnodes", "1:2", "--nproc-per-node", "1",
                   "elastic.rdzv.standalone_store=true", "faults.step_delay=0.1",
-                  "elastic.collective_timeout=10", "trainer.early_stopping.patience=30", *BOTH,
+                  "elastic.collective_timeout=10", "trainer.early_stopping.patience=30",
+                  f"faults.hold_file={hold}", *BOTH,
                   env={"ELASTICML_CHECKPOINT_KEY": KEY, "ELASTICML_SAMPLE_LOG": str(samples)},
                   recipe=recipe)
     try:
         a = nodes.start()
         nodes.stepping(a, 5)
+        hold.touch()  # the job waits before each step until B is in
         b = nodes.start()
+        nodes.resumed(world_size=2)
+        hold.unlink()
         nodes.stepping(b, 1, world_size=2)
         worker = of_kind(nodes.events(b), "start")[-1]["pid"]
         os.kill(worker, signal.SIGKILL)

@@ -29,13 +29,16 @@ def _nodes(cluster, tmp_path, endpoint, *extra, **kwargs) -> Nodes:
 
 
 def test_a_node_that_joins_later_is_taken_in_without_losing_a_step(cluster, store, tmp_path):
-    samples = tmp_path / "samples"
+    samples, hold = tmp_path / "samples", tmp_path / "hold"
     nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true",
-                   env={"ELASTICML_SAMPLE_LOG": str(samples)})
+                   f"faults.hold_file={hold}", env={"ELASTICML_SAMPLE_LOG": str(samples)})
     try:
         first = nodes.start()
         nodes.stepping(first, 5)
+        hold.touch()  # the job waits before each step until the newcomer is in
         second = nodes.start()
+        nodes.resumed(world_size=2)
+        hold.unlink()
         for job in nodes.jobs.values():
             assert job.wait(240) == 0, job.output()[-3000:]
     finally:
@@ -109,12 +112,16 @@ def test_a_partitioned_node_is_left_behind_and_nothing_hangs(cluster, store, tmp
 
 
 def test_a_node_with_another_recipe_is_refused_and_the_job_goes_on(cluster, store, tmp_path):
-    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true")
+    hold = tmp_path / "hold"
+    nodes = _nodes(cluster, tmp_path, store, "elastic.rdzv.standalone_store=true",
+                   f"faults.hold_file={hold}")
     try:
         first = nodes.start()
         nodes.stepping(first, 5)
+        hold.touch()  # the job waits before each step: it still runs when the odd one comes
         odd = nodes.start("optimizer.lr=0.1")
         assert nodes.jobs[odd].wait(60) == 2
+        hold.unlink()
         assert "refused" in nodes.jobs[odd].output()
         assert nodes.jobs[first].wait(240) == 0, nodes.jobs[first].output()[-3000:]
     finally:

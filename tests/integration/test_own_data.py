@@ -59,22 +59,24 @@ def test_a_bad_sample_is_an_input_error_not_a_crash_to_retry(tmp_path):
 
 @pytest.mark.netns
 def test_a_join_with_loader_workers_keeps_every_sample_once(cluster, tmp_path):
-    steps = 120  # at 0.1 s a step: ~11 s for the second node to come in, even under load
+    steps = 40
     store_port = free_port(cluster.host_addr)
     store = Job([*train_command()[:3], "rendezvous", "serve", "--host", cluster.host_addr,
                  "--port", str(store_port)], tmp_path / "store.log")
-    samples = tmp_path / "samples"
+    samples, hold = tmp_path / "samples", tmp_path / "hold"
     nodes = Nodes(cluster, tmp_path, f"{cluster.host_addr}:{store_port}", "--nnodes", "1:2",
                   "--nproc-per-node", "1", f"trainer.max_steps={steps}",
                   "faults.step_delay=0.1", "elastic.collective_timeout=10",
-                  "elastic.rdzv.standalone_store=true",
+                  "elastic.rdzv.standalone_store=true", f"faults.hold_file={hold}",
                   env={"ELASTICML_SAMPLE_LOG": str(samples)}, recipe=TINY_OWN)
     try:
         wait_for(lambda: "serving" in store.output(), 30, "the rendezvous store")
         first = nodes.start()
-        wait_for(lambda: any(e["kind"] == "step" and e["step"] >= 3
-                             for e in nodes.events(first)), 120, "the first node to train")
+        nodes.stepping(first, 3)
+        hold.touch()  # the job waits before each step until the newcomer is in
         nodes.start()
+        nodes.resumed(world_size=2)
+        hold.unlink()
         for job in nodes.jobs.values():
             assert job.wait(240) == 0, job.output()[-3000:]
     finally:

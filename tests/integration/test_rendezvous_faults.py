@@ -74,12 +74,16 @@ def test_ctrl_c_in_the_first_rendezvous_lets_the_others_start_without_it(cluster
 
 
 def test_a_node_too_many_waits_as_a_spare_and_steps_in_for_a_lost_one(cluster, store, tmp_path):
-    nodes = _standalone(cluster, tmp_path, store, "1:2", f"trainer.max_steps={STEPS + 40}")
+    hold = tmp_path / "hold"
+    nodes = _standalone(cluster, tmp_path, store, "1:2", f"trainer.max_steps={STEPS + 40}",
+                        f"faults.hold_file={hold}")
     try:
         a, b = nodes.start(), nodes.start()
         nodes.stepping(a, 5, world_size=2)
+        hold.touch()  # the job waits before each step until the spare waits too
         spare = nodes.start()
         wait_for(lambda: cluster.nodes[spare] in nodes.waiting(), 60, "the spare to wait")
+        hold.unlink()
         quiet_from = nodes.stepping(a, 1)["step"]
         nodes.stepping(a, quiet_from + 10)
         restarts = [e for e in of_kind(nodes.events(a), "restart")
@@ -95,12 +99,15 @@ def test_a_node_too_many_waits_as_a_spare_and_steps_in_for_a_lost_one(cluster, s
 
 
 def test_a_spare_leaves_with_success_when_the_job_finishes(cluster, store, tmp_path):
-    nodes = _standalone(cluster, tmp_path, store, "1:1")
+    hold = tmp_path / "hold"
+    nodes = _standalone(cluster, tmp_path, store, "1:1", f"faults.hold_file={hold}")
     try:
         a = nodes.start()
         nodes.stepping(a, 5)
+        hold.touch()  # the job waits before each step until the spare waits too
         spare = nodes.start()
         wait_for(lambda: cluster.nodes[spare] in nodes.waiting(), 60, "the spare to wait")
+        hold.unlink()
         _finished(nodes, a)
         assert nodes.jobs[spare].wait(60) == 0
         assert "finished without this node" in nodes.jobs[spare].output()
@@ -142,13 +149,16 @@ def test_a_job_stopped_by_sigterm_everywhere_resumes_with_the_same_command(clust
 
 def test_a_join_into_a_group_of_two_is_a_membership_change_not_a_failure(cluster, store,
                                                                          tmp_path):
-    steps = STEPS + 150  # time for a third node to start on a loaded machine before the end
-    nodes = _standalone(cluster, tmp_path, store, "1:3", f"trainer.max_steps={steps}")
+    hold = tmp_path / "hold"
+    nodes = _standalone(cluster, tmp_path, store, "1:3", f"faults.hold_file={hold}")
     try:
         a, b = nodes.start(), nodes.start()
         nodes.stepping(a, 5, world_size=2)
+        hold.touch()  # the job waits before each step until the newcomer is in
         c = nodes.start()
-        _finished(nodes, a, b, c, steps=steps)
+        nodes.resumed(world_size=3)
+        hold.unlink()
+        _finished(nodes, a, b, c)
     finally:
         nodes.stop()
     events = nodes.events()
@@ -159,10 +169,14 @@ def test_a_join_into_a_group_of_two_is_a_membership_change_not_a_failure(cluster
 
 def test_the_node_hosting_the_store_may_leave_first_at_the_end(cluster, tmp_path):
     endpoint = f"{cluster.subnet}.1:29400"  # the first node's address: its agent hosts it
-    nodes = _nodes(cluster, tmp_path, endpoint, "1:2")
+    # The stopped agent does not beat: with the default node_timeout (3 s) the host would
+    # rightly drop its node as lost when the last steps and evaluations take longer than that
+    # on a loaded machine; this test is about the end, so the host waits for it long enough.
+    # (Beats then come every 20/6 s: both nodes are needed, so that none starts alone.)
+    nodes = _nodes(cluster, tmp_path, endpoint, "2:2", "elastic.rdzv.node_timeout=20")
     try:
         host, other = nodes.start(), nodes.start()
-        nodes.stepping(other, STEPS - 15, world_size=2)
+        nodes.stepping(other, STEPS - 10, world_size=2)
         agent = nodes.jobs[other].pid
         os.kill(agent, signal.SIGSTOP)  # its workers finish; its agent sleeps through the end
         try:

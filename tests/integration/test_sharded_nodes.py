@@ -20,9 +20,7 @@ from tests.integration.cluster import Nodes, assert_same_data, env_with_repo, of
 
 pytestmark = [pytest.mark.integration, pytest.mark.netns]
 
-STEPS = 120
-"""At 0.1 s a step, a node that joins at step 3 has ~11 s to come in before the job is over
-(a join takes ~3 s on an idle 2-core machine, several times that under load)."""
+STEPS = 40
 
 
 def _nodes(cluster, tmp_path, store, strategy: str, *extra: str, **kwargs) -> Nodes:
@@ -43,13 +41,16 @@ def _report(nodes: Nodes, node: str) -> dict:
 
 @pytest.mark.parametrize("strategy, nproc", [("fsdp", "1"), ("hsdp", "2")])
 def test_a_node_joining_a_sharded_job_costs_no_step(cluster, store, tmp_path, strategy, nproc):
-    samples = tmp_path / "samples"
+    samples, hold = tmp_path / "samples", tmp_path / "hold"
     nodes = _nodes(cluster, tmp_path, store, strategy, "--nproc-per-node", nproc,
-                   env={"ELASTICML_SAMPLE_LOG": str(samples)})
+                   f"faults.hold_file={hold}", env={"ELASTICML_SAMPLE_LOG": str(samples)})
     try:
         first = nodes.start()
         nodes.stepping(first, 3)
+        hold.touch()  # the job waits before each step until the newcomer is in
         nodes.start()
+        nodes.resumed(world_size=2 * int(nproc))
+        hold.unlink()
         for job in nodes.jobs.values():
             assert job.wait(240) == 0, job.output()[-3000:]
     finally:

@@ -70,3 +70,29 @@ def test_a_worker_blocked_inside_torch_is_waiting_for_a_peer():
     own = ('Current thread 0x1 (most recent call first):\n'
            '  File "/app/elasticml/train/faults.py", line 38 in before_step\n')
     assert _waiting_on_peers(inside) and not _waiting_on_peers(own)
+
+
+def test_a_hold_file_pauses_before_a_step_until_it_is_gone_or_a_stop_comes(tmp_path):
+    import threading
+    import time
+
+    from elasticml.recipe.schema import FaultsConfig
+    from elasticml.train.faults import FaultInjector
+
+    hold, beats, stop = tmp_path / "hold", [], threading.Event()
+    faults = FaultInjector(FaultsConfig(hold_file=str(hold)), 0, 0, print, tmp_path,
+                           stopping=stop.is_set, beat=lambda: beats.append(1))
+    faults.before_step(1)  # no file: no pause
+    assert not beats
+
+    hold.touch()
+    threading.Timer(0.5, hold.unlink).start()
+    started = time.monotonic()
+    faults.before_step(2)
+    assert time.monotonic() - started >= 0.5 and not hold.exists()
+    assert beats, "a held rank keeps its heartbeat (the hang watchdog reads it)"
+
+    hold.touch()
+    threading.Timer(0.3, stop.set).start()
+    faults.before_step(3)  # a stop ends the pause although the file is still there
+    assert hold.exists() and stop.is_set()
