@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import signal
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -44,9 +45,19 @@ def loader_options(settings, device: torch.device) -> dict:
         if "fork" in multiprocessing.get_all_start_methods():
             options["multiprocessing_context"] = "fork"
         options["persistent_workers"] = settings.persistent_workers
+        options["worker_init_fn"] = leave_the_stop_to_the_trainer
         if settings.prefetch_factor is not None:
             options["prefetch_factor"] = settings.prefetch_factor
     return options
+
+
+def leave_the_stop_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM. A stop (or a regroup for a newcomer) signals the whole
+    process group; a loader worker that died of it made torch's SIGCHLD handler raise in the
+    trainer at whatever line it was on, the save of the last completed step included (a join
+    then lost its steps). The trainer stops at a step boundary and saves; its loader workers
+    end with it (torch shuts them down, and they leave when their parent is gone)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TrainBatches:
