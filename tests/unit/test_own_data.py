@@ -248,3 +248,28 @@ def test_movielens_leave_last_out_and_a_missing_recbole(monkeypatch):
     monkeypatch.setattr(movielens.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match=r"pip install --no-deps recbole"):
         movielens.bundled_file()
+
+
+def test_loader_workers_outlive_the_sigterm_that_stops_the_trainer():
+    """A stop signals the whole process group: the loader workers must not die of it, or
+    torch raises in the trainer wherever it is (the save of the last step included)."""
+    import os
+    import signal
+    import time
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from elasticml.data.loader import loader_options
+
+    settings = SimpleNamespace(num_workers=2, pin_memory=False, persistent_workers=False,
+                               prefetch_factor=None)
+    loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4,
+                        **loader_options(settings, torch.device("cpu")))
+    batches = iter(loader)
+    next(batches)
+    for worker in batches._workers:
+        os.kill(worker.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert all(worker.is_alive() for worker in batches._workers)
+    assert len(list(batches)) == 15, "the loader goes on to the end"
