@@ -158,19 +158,24 @@ def assert_same_data(records: list[tuple[int, int, list[int]]], steps: int,
                      recipe: Path = TINY) -> None:
     """Every step was trained exactly once, on exactly the samples an undisturbed run uses
     (so each sample once per epoch), whatever the ranks that shared it."""
+    by_step: dict[int, list[int]] = {}
+    for step, _rank, ids in records:
+        by_step.setdefault(step, []).extend(ids)
+    assert sorted(by_step) == list(range(steps)), "every step trained, none twice"
+    for step, expected in enumerate(expected_batches(steps, recipe)):
+        assert sorted(by_step[step]) == sorted(expected), f"step {step} trained other samples"
+
+
+def expected_batches(steps: int, recipe: Path = TINY) -> list[list[int]]:
+    """The sample ids an undisturbed run of `recipe` trains at each of its first `steps`."""
     from elasticml.data.sampler import ElasticSampler
     from elasticml.recipe.load import load_recipe
     from elasticml.tasks import build_task
 
     loaded = load_recipe(recipe, [])
     sampler = ElasticSampler(len(build_task(loaded).splits()["train"]), loaded.run.seed)
-    by_step: dict[int, list[int]] = {}
-    for step, _rank, ids in records:
-        by_step.setdefault(step, []).extend(ids)
-    assert sorted(by_step) == list(range(steps)), "every step trained, none twice"
-    for step in range(steps):
-        expected = sampler.next_batch(loaded.trainer.global_batch_size).tolist()
-        assert sorted(by_step[step]) == sorted(expected), f"step {step} trained other samples"
+    return [sampler.next_batch(loaded.trainer.global_batch_size).tolist()
+            for _ in range(steps)]
 
 
 def run_events(run_root: Path, run_id: str = "tiny") -> list[dict]:
