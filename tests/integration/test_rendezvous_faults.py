@@ -41,12 +41,15 @@ def _no_step_lost(nodes: Nodes, *names: str) -> None:
 
 def test_a_node_lost_in_the_middle_of_a_rendezvous_costs_the_job_seconds(cluster, store,
                                                                            tmp_path):
-    nodes = _standalone(cluster, tmp_path, store, "1:3")
+    hold = tmp_path / "hold"
+    nodes = _standalone(cluster, tmp_path, store, "1:3", f"faults.hold_file={hold}")
     try:
         a, b = nodes.start(), nodes.start()
         nodes.stepping(a, 5, world_size=2)
+        hold.touch()  # the job waits before each step until the ghost has come and gone
         ghost = nodes.start("faults.die_in_rendezvous=true")
         assert nodes.jobs[ghost].wait(120) == -signal.SIGKILL
+        hold.unlink()
         _finished(nodes, a, b)
     finally:
         nodes.stop()
@@ -131,14 +134,17 @@ def test_the_same_command_resumes_a_run_on_a_store_that_outlived_the_job(cluster
 
 def test_a_job_stopped_by_sigterm_everywhere_resumes_with_the_same_command(cluster, store,
                                                                            tmp_path):
-    nodes = _standalone(cluster, tmp_path, store, "1:2")
+    hold = tmp_path / "hold"
+    nodes = _standalone(cluster, tmp_path, store, "1:2", f"faults.hold_file={hold}")
     try:
         a, b = nodes.start(), nodes.start()
         reached = nodes.stepping(a, 10, world_size=2)["step"]
+        hold.touch()  # so that the job is still running when the signal comes
         for name in (a, b):  # a preemption: the scheduler SIGTERMs every node
             os.kill(nodes.jobs[name].pid, signal.SIGTERM)
         for name in (a, b):
             assert nodes.jobs[name].wait(120) == 130
+        hold.unlink()
         nodes.again(a), nodes.again(b)
         _finished(nodes, a, b)
     finally:
