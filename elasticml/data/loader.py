@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -52,12 +52,14 @@ def loader_options(settings, device: torch.device) -> dict:
 
 
 def leave_the_stop_to_the_trainer(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM. A stop (or a regroup for a newcomer) signals the whole
-    process group; a loader worker that died of it made torch's SIGCHLD handler raise in the
-    trainer at whatever line it was on, the save of the last completed step included (a join
-    then lost its steps). The trainer stops at a step boundary and saves; its loader workers
-    end with it (torch shuts them down, and they leave when their parent is gone)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """A loader worker takes a process group of its own. A stop (or a regroup for a newcomer)
+    signals the trainer's whole process group; a loader worker that died of it made torch's
+    SIGCHLD handler raise in the trainer at whatever line it was on, the save of the last
+    completed step included (a join then lost its steps). Out of that group, the trainer stops
+    at a step boundary and saves, and its workers end as torch ends them: told by their
+    trainer, terminated by it (a SIGTERM to the worker itself still kills it, so an exit with a
+    live iterator does not wait on them), or on their own within seconds of its death."""
+    os.setpgid(0, 0)
 
 
 class TrainBatches:

@@ -250,26 +250,47 @@ def test_movielens_leave_last_out_and_a_missing_recbole(monkeypatch):
         movielens.bundled_file()
 
 
+_A_TRAINER = """
+import signal, sys, time
+from types import SimpleNamespace
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from elasticml.data.loader import loader_options
+
+stopped = []
+signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))  # it stops at a step boundary
+settings = SimpleNamespace(num_workers=2, pin_memory=False, persistent_workers=False,
+                           prefetch_factor=None)
+loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4,
+                    **loader_options(settings, torch.device("cpu")))
+batches = iter(loader)
+next(batches), next(batches)  # one batch from each worker: both have started
+print("ready", flush=True)
+sys.stdin.readline()  # the test has signalled this process group
+time.sleep(0.5)
+print(len(list(batches)), len(stopped), flush=True)
+kept = iter(loader)
+next(kept)  # and it exits with a live iterator, as a trainer that failed does
+"""
+
+
 def test_loader_workers_outlive_the_sigterm_that_stops_the_trainer():
-    """A stop signals the whole process group: the loader workers must not die of it, or
-    torch raises in the trainer wherever it is (the save of the last step included)."""
+    """A stop signals the trainer's whole process group: its loader workers must not die of
+    it, or torch raises in the trainer wherever it is (the save of the last step included);
+    and a trainer that exits with live workers must not wait on them."""
     import os
     import signal
-    import time
-    from types import SimpleNamespace
+    import subprocess
+    import sys
 
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from elasticml.data.loader import loader_options
-
-    settings = SimpleNamespace(num_workers=2, pin_memory=False, persistent_workers=False,
-                               prefetch_factor=None)
-    loader = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=4,
-                        **loader_options(settings, torch.device("cpu")))
-    batches = iter(loader)
-    next(batches)
-    for worker in batches._workers:
-        os.kill(worker.pid, signal.SIGTERM)
-    time.sleep(0.5)
-    assert all(worker.is_alive() for worker in batches._workers)
-    assert len(list(batches)) == 15, "the loader goes on to the end"
+    trainer = subprocess.Popen([sys.executable, "-c", _A_TRAINER], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        os.killpg(trainer.pid, signal.SIGTERM)
+        out, _ = trainer.communicate("go\n", timeout=120)
+        assert out.split() == ["14", "1"], "the loader went on to the end after the stop"
+        assert trainer.returncode == 0
+    finally:
+        if trainer.poll() is None:
+            os.killpg(trainer.pid, signal.SIGKILL)
