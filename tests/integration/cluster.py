@@ -166,6 +166,35 @@ def assert_same_data(records: list[tuple[int, int, list[int]]], steps: int,
         assert sorted(by_step[step]) == sorted(expected), f"step {step} trained other samples"
 
 
+def records_past_a_death(samples: Path, dead: set[int], resumed_step: int,
+                         recipe: Path = TINY) -> list[tuple[int, int, list[int]]]:
+    """The sample records that count when the workers with pids `dead` were killed at a moment
+    the test did not choose and the job resumed at `resumed_step`.
+
+    Theirs count up to that step (a step one of them finished after it is not in the state
+    that goes on). And a worker may die after the last step's all-reduce (the others complete
+    that step with its gradients) but before it writes the step's line: then its share is what
+    the others' is not, provided the others trained only samples of that step."""
+    records, dead_files, dead_at_last = [], set(), set()
+    for path in Path(samples).glob("samples-*.txt"):
+        pid = int(path.stem.rsplit("-", 1)[1])
+        dead_files.update({pid} & dead)
+        for line in path.read_text().splitlines():
+            step, rank, *ids = (int(n) for n in line.split())
+            if not (pid in dead and step >= resumed_step):
+                records.append((step, rank, ids))
+                if pid in dead and step == resumed_step - 1:
+                    dead_at_last.add(pid)
+    last = resumed_step - 1
+    trained = {i for step, _, ids in records if step == last for i in ids}
+    if last >= 0 and trained and dead_at_last != dead_files:
+        expected = set(expected_batches(last + 1, recipe)[last])
+        if trained != expected:  # a dead worker's line is missing
+            assert trained < expected, f"step {last} trained other samples"
+            records.append((last, -1, sorted(expected - trained)))
+    return records
+
+
 def expected_batches(steps: int, recipe: Path = TINY) -> list[list[int]]:
     """The sample ids an undisturbed run of `recipe` trains at each of its first `steps`."""
     from elasticml.data.sampler import ElasticSampler

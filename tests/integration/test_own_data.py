@@ -13,9 +13,9 @@ from tests.integration.cluster import (
     Nodes,
     assert_same_data,
     env_with_repo,
-    expected_batches,
     free_port,
     of_kind,
+    records_past_a_death,
     run_events,
     train_command,
     wait_for,
@@ -117,26 +117,7 @@ def test_a_node_loss_with_loader_workers_keeps_every_sample_once(cluster, tmp_pa
         store.stop()
     [resumed] = [e for e in of_kind(nodes.events(survivor), "resume") if e["world_size"] == 1]
     assert resumed["steps_lost"] == 0
-    # the lost node's records count up to the step the survivor resumed from (a step it
-    # finished after that is not in the state that goes on)
     lost_pids = {e["pid"] for e in nodes.events(lost) if e.get("role") == "worker"}
-    records, lost_logged = [], set()
-    for path in samples.glob("samples-*.txt"):
-        from_lost = int(path.stem.rsplit("-", 1)[1]) in lost_pids
-        for line in path.read_text().splitlines():
-            step, rank, *ids = (int(n) for n in line.split())
-            if not (from_lost and step >= resumed["step"]):
-                records.append((step, rank, ids))
-                if from_lost:
-                    lost_logged.add(step)
-    last = resumed["step"] - 1
-    if last >= 0 and last not in lost_logged:
-        # The lost node died after that step's all-reduce (the survivor completed the step
-        # with its gradients) but before it wrote its line: its share is what the survivor's
-        # is not, provided the survivor trained only samples of that step.
-        expected = set(expected_batches(last + 1, recipe=TINY_OWN)[last])
-        mine = [i for step, _, ids in records if step == last for i in ids]
-        assert set(mine) < expected, f"step {last} trained other samples"
-        records.append((last, -1, sorted(expected - set(mine))))
+    records = records_past_a_death(samples, lost_pids, resumed["step"], recipe=TINY_OWN)
     assert_same_data(records, steps, recipe=TINY_OWN)
 
