@@ -175,23 +175,21 @@ def records_past_a_death(samples: Path, dead: set[int], resumed_step: int,
     that goes on). And a worker may die after the last step's all-reduce (the others complete
     that step with its gradients) but before it writes the step's line: then its share is what
     the others' is not, provided the others trained only samples of that step."""
-    records, dead_files, dead_at_last = [], set(), set()
+    records, dead_logged = [], set()
     for path in Path(samples).glob("samples-*.txt"):
-        pid = int(path.stem.rsplit("-", 1)[1])
-        dead_files.update({pid} & dead)
+        from_dead = int(path.stem.rsplit("-", 1)[1]) in dead
         for line in path.read_text().splitlines():
             step, rank, *ids = (int(n) for n in line.split())
-            if not (pid in dead and step >= resumed_step):
+            if not (from_dead and step >= resumed_step):
                 records.append((step, rank, ids))
-                if pid in dead and step == resumed_step - 1:
-                    dead_at_last.add(pid)
+                if from_dead:
+                    dead_logged.add(step)
     last = resumed_step - 1
-    trained = {i for step, _, ids in records if step == last for i in ids}
-    if last >= 0 and trained and dead_at_last != dead_files:
+    if last >= 0 and last not in dead_logged:
         expected = set(expected_batches(last + 1, recipe)[last])
-        if trained != expected:  # a dead worker's line is missing
-            assert trained < expected, f"step {last} trained other samples"
-            records.append((last, -1, sorted(expected - trained)))
+        trained = {i for step, _, ids in records if step == last for i in ids}
+        assert trained and trained < expected, f"step {last} trained other samples"
+        records.append((last, -1, sorted(expected - trained)))
     return records
 
 
